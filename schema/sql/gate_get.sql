@@ -1,0 +1,1 @@
+SELECT armed_until, armed_until > now(), armed_by FROM herald.gate

@@ -1,0 +1,2 @@
+-- Serialise migrations across processes: held until the transaction ends.
+SELECT pg_advisory_xact_lock(hashtext('herald.migrate'))
