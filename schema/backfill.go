@@ -132,7 +132,7 @@ func Backfill(ctx context.Context, db DB, table string, opts BackfillOptions) (B
 // table name, and for the next batches $4 the last key as text[].
 func (p *plan) backfillSQL() (first, next string, err error) {
 	tbl := p.t.qualified()
-	keyNew, err := p.keyExpr("n")
+	keyNew, err := p.keyExpr("j.doc")
 	if err != nil {
 		return "", "", err
 	}
@@ -168,8 +168,8 @@ func (p *plan) backfillSQL() (first, next string, err error) {
 		return "WITH batch AS (\n    SELECT t.* FROM " + tbl + " t" + w +
 			"\n    ORDER BY " + strings.Join(cols, ", ") + "\n    LIMIT $1\n    FOR SHARE OF t\n), ins AS (" +
 			"\n    INSERT INTO herald.log (schema_name, table_name, op, key, new)" +
-			"\n    SELECT $2, $3, 'snapshot', " + keyNew + ", " + p.pick("n") +
-			"\n    FROM batch b CROSS JOIN LATERAL to_jsonb(b) AS n ORDER BY " + strings.Join(order, ", ") +
+			"\n    SELECT $2, $3, 'snapshot', " + keyNew + ", " + p.pick("j.doc") +
+			"\n    FROM batch b CROSS JOIN LATERAL to_jsonb(b.*) AS j(doc) ORDER BY " + strings.Join(order, ", ") +
 			"\n    RETURNING 1\n)" +
 			"\nSELECT (SELECT count(*) FROM ins), (SELECT ARRAY[" + strings.Join(lastText, ", ") + "] FROM batch b ORDER BY " + strings.Join(orderDesc, ", ") + " LIMIT 1)"
 	}

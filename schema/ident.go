@@ -10,6 +10,9 @@ import (
 // truncated silently by the server, so Herald refuses them instead.
 const maxIdentLen = 63
 
+// ErrBadName means a table or column argument is not a valid identifier.
+var ErrBadName = errors.New("invalid name")
+
 // QualifiedName is a table name as PostgreSQL parses it: an optional schema
 // and a relation name, both already unquoted (and unquoted parts folded to
 // lower case).
@@ -32,7 +35,7 @@ func (q QualifiedName) String() string {
 func ParseQualifiedName(s string) (QualifiedName, error) {
 	parts, err := parseIdentChain(s)
 	if err != nil {
-		return QualifiedName{}, fmt.Errorf("table %q: %w", s, err)
+		return QualifiedName{}, fmt.Errorf("%w: table %q: %v", ErrBadName, s, err)
 	}
 	switch len(parts) {
 	case 1:
@@ -40,7 +43,7 @@ func ParseQualifiedName(s string) (QualifiedName, error) {
 	case 2:
 		return QualifiedName{Schema: parts[0], Name: parts[1]}, nil
 	default:
-		return QualifiedName{}, fmt.Errorf("table %q: expected name or schema.name, got %d parts (quote a name that contains a dot)", s, len(parts))
+		return QualifiedName{}, fmt.Errorf("%w: table %q: expected name or schema.name, got %d parts (quote a name that contains a dot)", ErrBadName, s, len(parts))
 	}
 }
 
@@ -50,12 +53,12 @@ func ParseIdentList(s string) ([]string, error) {
 	var out []string
 	rest := strings.TrimSpace(s)
 	if rest == "" {
-		return nil, errors.New("empty column list")
+		return nil, fmt.Errorf("%w: empty column list", ErrBadName)
 	}
 	for {
 		name, n, err := scanIdent(rest)
 		if err != nil {
-			return nil, fmt.Errorf("column list %q: %w", s, err)
+			return nil, fmt.Errorf("%w: column list %q: %v", ErrBadName, s, err)
 		}
 		out = append(out, name)
 		rest = strings.TrimLeft(rest[n:], " \t")
@@ -63,14 +66,14 @@ func ParseIdentList(s string) ([]string, error) {
 			break
 		}
 		if rest[0] != ',' {
-			return nil, fmt.Errorf("column list %q: expected ',' before %q", s, rest)
+			return nil, fmt.Errorf("%w: column list %q: expected ',' before %q", ErrBadName, s, rest)
 		}
 		rest = strings.TrimLeft(rest[1:], " \t")
 	}
 	seen := map[string]bool{}
 	for _, c := range out {
 		if seen[c] {
-			return nil, fmt.Errorf("column list %q: column %q named twice", s, c)
+			return nil, fmt.Errorf("%w: column list %q: column %q named twice", ErrBadName, s, c)
 		}
 		seen[c] = true
 	}
