@@ -1,0 +1,782 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/herald-cdc/herald/change"
+	"github.com/herald-cdc/herald/schema"
+)
+
+// logRow is one row of herald.log as the drain query returns it.
+type logRow struct {
+	id     int64
+	txid   int64
+	at     time.Time
+	schema string
+	table  string
+	op     string
+	key    []string
+	old    []byte
+	new    []byte
+	size   int64
+}
+
+// outMsg is one change on its way to JetStream.
+type outMsg struct {
+	id      int64
+	msg     *nats.Msg
+	version change.Version
+	op      change.Op
+	schema  string
+	table   string
+}
+
+// drainer runs the leader's loop on its dedicated connection.
+type drainer struct {
+	b      *Bridge
+	cfg    Config
+	conn   *pgx.Conn
+	log    *slog.Logger
+	m      *metrics
+	source string
+	epoch  int64
+
+	gate        *rateGate
+	gateOpen    bool
+	renewAt     time.Time
+	recheck     []string // transactions that may have read the gate closed
+	nextRecheck time.Time
+	nextSafety  time.Time
+	nextStats   time.Time
+
+	toDelete   []int64 // acknowledged, deleted with the next read
+	recovering bool    // a publish outcome is unknown: check stored versions first
+	maxPayload int64
+	stream     jetstream.Stream
+}
+
+func newDrainer(b *Bridge, conn *pgx.Conn, source string, epoch int64) *drainer {
+	return &drainer{
+		b: b, cfg: b.cfg, conn: conn, log: b.log, m: b.m, source: source, epoch: epoch,
+		gate:       newRateGate(b.cfg.CloseRate, b.cfg.OpenRate, b.cfg.ReopenAfter),
+		recovering: true, // after a (re)start the last run may have died between ack and delete
+	}
+}
+
+// pgTimeout bounds each of the bridge's queries.
+const pgTimeout = 30 * time.Second
+
+// opCtx detaches an operation from ctx's cancellation, so that shutting
+// down finishes the query or publish in flight rather than abandoning it
+// half way; the operation still has its own deadline.
+func opCtx(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
+
+func (d *drainer) run(ctx context.Context) (err error) {
+	d.maxPayload = d.b.nc.MaxPayload()
+	s, err := d.b.js.Stream(ctx, d.cfg.Stream)
+	if err != nil {
+		return fmt.Errorf("opening stream %s: %w", d.cfg.Stream, err)
+	}
+	d.stream = s
+	defer func() {
+		if ferr := d.shutdown(ctx); ferr != nil && err == nil && ctx.Err() == nil {
+			err = ferr
+		}
+	}()
+
+	now := time.Now()
+	d.gate.assumeLow(now) // open the gate right after the first drain if it is quiet
+	d.nextSafety = now.Add(d.cfg.PollInterval)
+	d.nextStats = now
+	wake, reason := true, "start"
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		now = time.Now()
+		if wake {
+			d.m.wakeups.WithLabelValues(reason).Inc()
+			n, err := d.drainOnce(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			now = time.Now()
+			d.gate.observe(now, n)
+			d.nextSafety = now.Add(d.cfg.PollInterval)
+			wake, reason = n > 0, "more"
+		}
+		if err := d.steerGate(ctx, now); err != nil {
+			return err
+		}
+		if !wake && now.After(d.nextStats) {
+			d.refreshStats(ctx)
+			d.nextStats = now.Add(d.cfg.StatsInterval)
+		}
+		if wake {
+			continue
+		}
+		wake, reason, err = d.wait(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// wait sleeps on the connection until a notification or the next timer.
+func (d *drainer) wait(ctx context.Context) (bool, string, error) {
+	now := time.Now()
+	deadline := d.nextSafety
+	if !d.gateOpen {
+		// Polling: pause briefly after an empty drain.
+		deadline = minTime(deadline, now.Add(d.cfg.PollPause))
+	} else {
+		deadline = minTime(deadline, d.renewAt)
+	}
+	if d.recheck != nil {
+		deadline = minTime(deadline, d.nextRecheck)
+	}
+	deadline = minTime(deadline, d.nextStats)
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	_, err := d.conn.WaitForNotification(wctx)
+	timedOut := wctx.Err() != nil
+	cancel()
+	switch {
+	case err == nil:
+		return true, "notify", nil
+	case ctx.Err() != nil:
+		return false, "", ctx.Err()
+	case !timedOut:
+		return false, "", fmt.Errorf("waiting for notifications: %w", err)
+	}
+	now = time.Now()
+	if d.recheck != nil && !now.Before(d.nextRecheck) {
+		left, err := d.writersLeft(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		if left == 0 {
+			// Every transaction that may have read the gate closed has
+			// ended: what they wrote is visible now.
+			d.recheck = nil
+			return true, "recheck", nil
+		}
+		d.nextRecheck = now.Add(d.cfg.RecheckInterval)
+	}
+	if !now.Before(d.nextSafety) {
+		return true, "safety", nil
+	}
+	if !d.gateOpen {
+		return true, "poll", nil
+	}
+	return false, "", nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// steerGate opens, closes or renews the gate as the change rate asks.
+func (d *drainer) steerGate(ctx context.Context, now time.Time) error {
+	want := d.gate.wantOpen(now, d.gateOpen)
+	switch {
+	case want && !d.gateOpen:
+		return d.openGate(ctx)
+	case !want && d.gateOpen:
+		return d.closeGate(ctx)
+	case d.gateOpen && !now.Before(d.renewAt):
+		return d.renewGate(ctx)
+	}
+	return nil
+}
+
+func (d *drainer) renewGate(ctx context.Context) error {
+	cctx, cancel := opCtx(ctx, pgTimeout)
+	defer cancel()
+	if _, err := d.conn.Exec(cctx, schema.Query("gate_open"), d.cfg.GateLease); err != nil {
+		return fmt.Errorf("renewing the gate: %w", err)
+	}
+	d.renewAt = time.Now().Add(d.cfg.GateLease / 3)
+	return nil
+}
+
+func (d *drainer) openGate(ctx context.Context) error {
+	if h := d.cfg.Hooks; h != nil && h.BeforeGateOpen != nil {
+		h.BeforeGateOpen()
+	}
+	if err := d.renewGate(ctx); err != nil {
+		return err
+	}
+	// Writers that read the gate closed before it opened will not notify.
+	// They hold RowExclusiveLock on the log table until they end; drain once
+	// more when every one of them has ended. Checked on a timer while
+	// waiting for notifications, never in a blocking loop.
+	cctx, cancel := opCtx(ctx, pgTimeout)
+	defer cancel()
+	var vxids []string
+	if err := d.conn.QueryRow(cctx, schema.Query("gate_writers")).Scan(&vxids); err != nil {
+		return fmt.Errorf("listing writers after opening the gate: %w", err)
+	}
+	if h := d.cfg.Hooks; h != nil && h.AfterGateOpen != nil {
+		h.AfterGateOpen()
+	}
+	d.gateOpen = true
+	d.m.gateOpen.Set(1)
+	if len(vxids) > 0 {
+		d.recheck = vxids
+		d.nextRecheck = time.Now().Add(d.cfg.RecheckInterval)
+	} else {
+		d.recheck = nil
+	}
+	d.log.Debug("gate opened", "writers_in_flight", len(vxids))
+	return nil
+}
+
+func (d *drainer) closeGate(ctx context.Context) error {
+	cctx, cancel := opCtx(ctx, pgTimeout)
+	defer cancel()
+	if _, err := d.conn.Exec(cctx, schema.Query("gate_close")); err != nil {
+		return fmt.Errorf("closing the gate: %w", err)
+	}
+	d.gateOpen = false
+	d.recheck = nil
+	d.m.gateOpen.Set(0)
+	d.log.Debug("gate closed; polling")
+	return nil
+}
+
+func (d *drainer) writersLeft(ctx context.Context) (int, error) {
+	cctx, cancel := opCtx(ctx, pgTimeout)
+	defer cancel()
+	var n int
+	if err := d.conn.QueryRow(cctx, schema.Query("gate_writers_left"), d.recheck).Scan(&n); err != nil {
+		return 0, fmt.Errorf("checking writers after opening the gate: %w", err)
+	}
+	return n, nil
+}
+
+func (d *drainer) refreshStats(ctx context.Context) {
+	cctx, cancel := opCtx(ctx, pgTimeout)
+	defer cancel()
+	var rows int64
+	var age float64
+	if err := d.conn.QueryRow(cctx, schema.Query("backlog")).Scan(&rows, &age); err != nil {
+		d.log.Warn("reading backlog", "err", err)
+		return
+	}
+	d.m.backlogRows.Set(float64(rows))
+	d.m.oldestSeconds.Set(age)
+}
+
+// shutdown deletes what was acknowledged and closes the gate, so writers
+// stop paying for NOTIFY at once rather than when the lease runs out.
+func (d *drainer) shutdown(ctx context.Context) error {
+	cctx, cancel := opCtx(ctx, 5*time.Second)
+	defer cancel()
+	if len(d.toDelete) > 0 {
+		if _, err := d.conn.Exec(cctx, schema.Query("drain_delete"), d.toDelete); err != nil {
+			return fmt.Errorf("deleting published changes: %w", err)
+		}
+		d.toDelete = nil
+	}
+	if d.gateOpen {
+		if _, err := d.conn.Exec(cctx, schema.Query("gate_close")); err != nil {
+			return err
+		}
+		d.gateOpen = false
+		d.m.gateOpen.Set(0)
+	}
+	return nil
+}
+
+// drainOnce deletes the previous batch's acknowledged ids and reads the
+// next batch in one round trip, then publishes it; it returns how many
+// changes it published.
+func (d *drainer) drainOnce(ctx context.Context) (int, error) {
+	rows, err := d.fetch(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	d.m.batchSize.Observe(float64(len(rows)))
+	msgs, err := d.build(rows)
+	if err != nil {
+		return 0, err
+	}
+	if err := d.publishWithRetry(ctx, msgs); err != nil {
+		return 0, err
+	}
+	return len(rows), nil
+}
+
+func (d *drainer) fetch(ctx context.Context) ([]logRow, error) {
+	cctx, cancel := opCtx(ctx, pgTimeout)
+	defer cancel()
+	batch := &pgx.Batch{}
+	if len(d.toDelete) > 0 {
+		batch.Queue(schema.Query("drain_delete"), d.toDelete)
+	}
+	limit := d.maxPayload - envelopeOverhead
+	batch.Queue(schema.Query("drain_fetch"), d.cfg.BatchSize, limit)
+	res := d.conn.SendBatch(cctx, batch)
+	if len(d.toDelete) > 0 {
+		if _, err := res.Exec(); err != nil {
+			res.Close()
+			return nil, fmt.Errorf("deleting published changes: %w", err)
+		}
+	}
+	rs, err := res.Query()
+	if err != nil {
+		res.Close()
+		return nil, fmt.Errorf("reading the change log: %w", err)
+	}
+	var out []logRow
+	for rs.Next() {
+		var r logRow
+		if err := rs.Scan(&r.id, &r.txid, &r.at, &r.schema, &r.table, &r.op, &r.key, &r.old, &r.new, &r.size); err != nil {
+			rs.Close()
+			res.Close()
+			return nil, fmt.Errorf("reading the change log: %w", err)
+		}
+		out = append(out, r)
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		res.Close()
+		return nil, fmt.Errorf("reading the change log: %w", err)
+	}
+	if err := res.Close(); err != nil {
+		return nil, fmt.Errorf("reading the change log: %w", err)
+	}
+	d.toDelete = d.toDelete[:0]
+	return out, nil
+}
+
+// envelopeOverhead is room left in a message for the envelope's fields and
+// the headers besides old and new.
+const envelopeOverhead = 2048
+
+// build turns log rows into messages; a change too large for the server's
+// max payload becomes a marker.
+func (d *drainer) build(rows []logRow) ([]outMsg, error) {
+	out := make([]outMsg, 0, len(rows))
+	for _, r := range rows {
+		e := &change.Envelope{
+			V: change.EnvelopeVersion, Source: d.source, Epoch: d.epoch, ID: r.id, TxID: r.txid,
+			At: r.at.UTC(), Schema: r.schema, Table: r.table, Op: change.Op(r.op), Key: r.key,
+			Old: r.old, New: r.new,
+		}
+		tooLarge := r.size > d.maxPayload-envelopeOverhead
+		if !tooLarge && e.Op == change.OpUpdate {
+			changed, err := change.Changed(r.old, r.new)
+			if err != nil {
+				return nil, fmt.Errorf("log row %d: %w", r.id, err)
+			}
+			e.Changed = changed
+		}
+		var msg *nats.Msg
+		var err error
+		if !tooLarge {
+			msg, err = change.NewMsg(d.cfg.Prefix, e)
+			if err != nil {
+				return nil, fmt.Errorf("log row %d: %w", r.id, err)
+			}
+			tooLarge = int64(len(msg.Data)+headerSize(msg.Header)) > d.maxPayload
+		}
+		if tooLarge {
+			e.Old, e.New, e.Changed = nil, nil, nil
+			e.Marker = &change.Marker{Reason: change.MarkerTooLarge, Size: r.size, Limit: d.maxPayload}
+			if msg, err = change.NewMsg(d.cfg.Prefix, e); err != nil {
+				return nil, fmt.Errorf("log row %d: %w", r.id, err)
+			}
+			d.m.markers.Inc()
+			d.log.Warn("change too large for a message; publishing a marker", "id", r.id, "table", r.schema+"."+r.table, "size", r.size, "max_payload", d.maxPayload)
+		}
+		if e.Op == change.OpDelete && d.cfg.Preset == PresetState {
+			// Deleted keys leave a state stream once consumers had time to
+			// see the delete.
+			msg.Header.Set(jetstream.MsgTTLHeader, d.cfg.DeleteTTL.String())
+		}
+		out = append(out, outMsg{id: r.id, msg: msg, version: e.Version(), op: e.Op, schema: r.schema, table: r.table})
+	}
+	return out, nil
+}
+
+func headerSize(h nats.Header) int {
+	n := 12 // NATS/1.0\r\n ... \r\n
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// publishWithRetry publishes msgs until every one is acknowledged (their
+// ids then wait in toDelete) or ctx ends. Failed attempts are retried with
+// backoff; nothing unacknowledged is ever deleted.
+func (d *drainer) publishWithRetry(ctx context.Context, msgs []outMsg) error {
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	pending := msgs
+	for attempt := 0; ; attempt++ {
+		var err error
+		if d.recovering {
+			pending, err = d.skipStored(ctx, pending)
+		}
+		if err == nil {
+			pending, err = d.publish(ctx, pending)
+		}
+		if err == nil {
+			if attempt > 0 {
+				d.log.Info("publishing again", "after_attempts", attempt+1)
+			}
+			d.recovering = false
+			return nil
+		}
+		d.m.publishErrors.Inc()
+		// The outcome of what was in flight is unknown: before publishing it
+		// again, look at what each subject holds.
+		d.recovering = true
+		if d.gateOpen {
+			// Nobody needs waking while NATS is away.
+			if gerr := d.closeGate(ctx); gerr != nil {
+				return gerr
+			}
+		}
+		wait := bo.NextBackOff()
+		d.log.Warn("publishing failed; nothing deleted, retrying", "err", err, "pending", len(pending), "in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// publish sends msgs in order and returns those not acknowledged, in
+// order. Truncates go alone, followed by a purge of the table's older
+// messages.
+func (d *drainer) publish(ctx context.Context, msgs []outMsg) ([]outMsg, error) {
+	for len(msgs) > 0 {
+		n := len(msgs)
+		for i, m := range msgs {
+			if m.op == change.OpTruncate {
+				n = max(i, 1)
+				break
+			}
+		}
+		seg := msgs[:n]
+		var left []outMsg
+		var err error
+		switch {
+		case seg[0].op == change.OpTruncate:
+			if err = d.publishTruncate(ctx, seg[0]); err != nil {
+				left = seg
+			}
+		case len(seg) <= d.cfg.SmallBatch:
+			left, err = d.publishAsync(ctx, seg)
+		default:
+			left, err = d.publishAtomic(ctx, seg)
+		}
+		if err != nil {
+			rest := make([]outMsg, 0, len(left)+len(msgs)-n)
+			rest = append(rest, left...)
+			return append(rest, msgs[n:]...), err
+		}
+		msgs = msgs[n:]
+	}
+	return nil, nil
+}
+
+func (d *drainer) acked(ms []outMsg) {
+	for _, m := range ms {
+		d.toDelete = append(d.toDelete, m.id)
+	}
+	d.m.published.Add(float64(len(ms)))
+}
+
+// publishAsync publishes in waves with at most one unacknowledged message
+// per subject, so a failed publish never lets a later change of its key be
+// stored first. It returns the messages not acknowledged, in order.
+func (d *drainer) publishAsync(ctx context.Context, msgs []outMsg) ([]outMsg, error) {
+	for len(msgs) > 0 {
+		seen := map[string]bool{}
+		wave := msgs
+		for i, m := range msgs {
+			if seen[m.msg.Subject] {
+				wave = msgs[:i]
+				break
+			}
+			seen[m.msg.Subject] = true
+		}
+		start := time.Now()
+		futures := make([]jetstream.PubAckFuture, 0, len(wave))
+		var err error
+		for _, m := range wave {
+			f, perr := d.b.js.PublishMsgAsync(cleanMsg(m.msg))
+			if perr != nil {
+				err = perr
+				break
+			}
+			futures = append(futures, f)
+		}
+		timer := time.NewTimer(d.cfg.PublishTimeout)
+	wait:
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case ferr := <-f.Err():
+				if err == nil {
+					err = ferr
+				}
+			case <-timer.C:
+				if err == nil {
+					err = fmt.Errorf("no acknowledgement within %s", d.cfg.PublishTimeout)
+				}
+				break wait
+			}
+		}
+		timer.Stop()
+		d.m.publishSeconds.WithLabelValues("async").Observe(time.Since(start).Seconds())
+		d.m.batches.WithLabelValues("async").Inc()
+		if err == nil {
+			d.acked(wave)
+			msgs = msgs[len(wave):]
+			continue
+		}
+		// Acknowledged messages are safe to delete even though another one
+		// failed: each subject had at most one message in flight.
+		var left []outMsg
+		for i, m := range wave {
+			ok := false
+			if i < len(futures) {
+				select {
+				case <-futures[i].Ok():
+					ok = true
+				default:
+				}
+			}
+			if ok {
+				d.acked([]outMsg{m})
+			} else {
+				left = append(left, m)
+			}
+		}
+		left = append(left, msgs[len(wave):]...)
+		return left, fmt.Errorf("async publish: %w", err)
+	}
+	return nil, nil
+}
+
+// publishAtomic publishes msgs as one atomic batch: stored whole or not at
+// all, one fsync for all. A batch holding a message id already in the
+// duplicate window (a crash between ack and delete) is rejected whole; it
+// is then published message by message, deduplicated, in order.
+func (d *drainer) publishAtomic(ctx context.Context, seg []outMsg) ([]outMsg, error) {
+	for len(seg) > 0 {
+		n := min(len(seg), maxAtomicBatch)
+		chunk := seg[:n]
+		raw := make([]*nats.Msg, n)
+		for i, m := range chunk {
+			raw[i] = cleanMsg(m.msg)
+		}
+		cctx, cancel := opCtx(ctx, d.cfg.PublishTimeout)
+		start := time.Now()
+		_, err := jetstreamext.PublishMsgBatch(cctx, d.b.js, raw, jetstreamext.BatchFlowControl{AckFirst: false, AckTimeout: d.cfg.PublishTimeout})
+		cancel()
+		if err != nil && apiErrorCode(err) == jetstreamext.JSErrCodeBatchPublishDuplicateMsgID {
+			d.log.Info("batch holds an already stored change; publishing it message by message", "size", n)
+			for i, m := range chunk {
+				if err := d.publishOne(ctx, m, "single"); err != nil {
+					return seg[i:], err
+				}
+			}
+		} else if err != nil {
+			return seg, fmt.Errorf("atomic batch of %d: %w", n, err)
+		} else {
+			d.m.publishSeconds.WithLabelValues("atomic").Observe(time.Since(start).Seconds())
+			d.m.batches.WithLabelValues("atomic").Inc()
+			d.acked(chunk)
+		}
+		seg = seg[n:]
+	}
+	return nil, nil
+}
+
+// publishOne publishes one message and waits for its acknowledgement.
+func (d *drainer) publishOne(ctx context.Context, m outMsg, kind string) error {
+	cctx, cancel := opCtx(ctx, d.cfg.PublishTimeout)
+	defer cancel()
+	start := time.Now()
+	if _, err := d.b.js.PublishMsg(cctx, cleanMsg(m.msg)); err != nil {
+		return fmt.Errorf("publishing change %d: %w", m.id, err)
+	}
+	d.m.publishSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	d.m.batches.WithLabelValues(kind).Inc()
+	d.acked([]outMsg{m})
+	return nil
+}
+
+// publishTruncate publishes a TRUNCATE and then purges the table's older
+// messages, so a consumer bootstrapping later does not bring truncated rows
+// back.
+func (d *drainer) publishTruncate(ctx context.Context, m outMsg) error {
+	cctx, cancel := opCtx(ctx, d.cfg.PublishTimeout)
+	defer cancel()
+	ack, err := d.b.js.PublishMsg(cctx, cleanMsg(m.msg))
+	if err != nil {
+		return fmt.Errorf("publishing truncate %d: %w", m.id, err)
+	}
+	if err := d.purgeBefore(cctx, m, ack.Sequence); err != nil {
+		return err
+	}
+	d.m.batches.WithLabelValues("single").Inc()
+	d.acked([]outMsg{m})
+	return nil
+}
+
+func (d *drainer) purgeBefore(ctx context.Context, m outMsg, seq uint64) error {
+	filter := change.TableFilter(d.cfg.Prefix, m.schema, m.table)
+	if err := d.stream.Purge(ctx, jetstream.WithPurgeSubject(filter), jetstream.WithPurgeSequence(seq)); err != nil {
+		return fmt.Errorf("purging %s before the truncate: %w", filter, err)
+	}
+	d.m.purges.Inc()
+	return nil
+}
+
+// skipStored drops the messages whose subject already holds their version
+// or a newer one of this source: after an unknown outcome, republishing
+// them could store an older version after a newer one. Their ids are
+// deleted like acknowledged ones.
+func (d *drainer) skipStored(ctx context.Context, msgs []outMsg) ([]outMsg, error) {
+	if len(msgs) == 0 {
+		return msgs, nil
+	}
+	var subjects []string
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		if !seen[m.msg.Subject] {
+			seen[m.msg.Subject] = true
+			subjects = append(subjects, m.msg.Subject)
+		}
+	}
+	type stored struct {
+		v   change.Version
+		seq uint64
+	}
+	last := map[string]stored{}
+	for len(subjects) > 0 {
+		n := min(len(subjects), 1000)
+		cctx, cancel := opCtx(ctx, d.cfg.PublishTimeout)
+		it, err := jetstreamext.GetLastMsgsFor(cctx, d.b.js, d.cfg.Stream, subjects[:n])
+		if err != nil {
+			cancel()
+			return msgs, fmt.Errorf("reading last stored versions: %w", err)
+		}
+		for raw, err := range it {
+			if errors.Is(err, jetstreamext.ErrNoMessages) {
+				break
+			}
+			if err != nil {
+				cancel()
+				return msgs, fmt.Errorf("reading last stored versions: %w", err)
+			}
+			src, v, ok := parseMsgID(raw.Header.Get(change.HeaderMsgID))
+			if ok && src == d.source {
+				last[raw.Subject] = stored{v, raw.Sequence}
+			}
+		}
+		cancel()
+		subjects = subjects[n:]
+	}
+	out := msgs[:0:0]
+	var skipped []outMsg
+	for _, m := range msgs {
+		s, ok := last[m.msg.Subject]
+		if ok && !s.v.Less(m.version) {
+			skipped = append(skipped, m)
+			if m.op == change.OpTruncate && s.v == m.version {
+				// Stored, but the purge after it may not have run.
+				cctx, cancel := opCtx(ctx, d.cfg.PublishTimeout)
+				err := d.purgeBefore(cctx, m, s.seq)
+				cancel()
+				if err != nil {
+					return msgs, err
+				}
+			}
+			continue
+		}
+		out = append(out, m)
+	}
+	if len(skipped) > 0 {
+		d.m.skipped.Add(float64(len(skipped)))
+		for _, m := range skipped {
+			d.toDelete = append(d.toDelete, m.id)
+		}
+	}
+	return out, nil
+}
+
+// parseMsgID splits "<source>:<epoch>:<id>".
+func parseMsgID(s string) (string, change.Version, bool) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return "", change.Version{}, false
+	}
+	j := strings.LastIndexByte(s[:i], ':')
+	if j < 0 {
+		return "", change.Version{}, false
+	}
+	epoch, err1 := strconv.ParseInt(s[j+1:i], 10, 64)
+	id, err2 := strconv.ParseInt(s[i+1:], 10, 64)
+	if err1 != nil || err2 != nil {
+		return "", change.Version{}, false
+	}
+	return s[:j], change.Version{Epoch: epoch, ID: id}, true
+}
+
+// cleanMsg strips the headers an earlier atomic batch attempt added.
+func cleanMsg(m *nats.Msg) *nats.Msg {
+	m.Header.Del(jetstreamext.BatchIDHeader)
+	m.Header.Del(jetstreamext.BatchSeqHeader)
+	m.Header.Del(jetstreamext.BatchCommitHeader)
+	m.Reply = ""
+	return m
+}
+
+// apiErrorCode returns the JetStream API error code in err, or 0.
+func apiErrorCode(err error) jetstream.ErrorCode {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode
+	}
+	var jsErr jetstream.JetStreamError
+	if errors.As(err, &jsErr) && jsErr.APIError() != nil {
+		return jsErr.APIError().ErrorCode
+	}
+	return 0
+}

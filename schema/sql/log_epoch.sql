@@ -1,0 +1,1 @@
+SELECT epoch, current_database() FROM herald.install
