@@ -1,0 +1,296 @@
+package bridge_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/herald-cdc/herald/bridge"
+	"github.com/herald-cdc/herald/change"
+	"github.com/herald-cdc/herald/schema"
+)
+
+// TestRelayAllOps: every committed change across several watched tables
+// arrives once with the right subject, headers and body, in per-key commit
+// order; a table filter matches the truncate event, and a consumer
+// bootstrapping after it sees no truncated row.
+func TestRelayAllOps(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE items (id int PRIMARY KEY, name text, price numeric)`)
+	r.exec(`CREATE TABLE "Host Data" (hostkey text NOT NULL, site text NOT NULL, value jsonb, PRIMARY KEY (hostkey, site))`)
+	r.exec(`INSERT INTO items VALUES (100, 'before watch', 1)`)
+	r.watch("items")
+	r.watch(`"Host Data"`)
+	_, stop := r.runBridge(bridge.Config{Preset: bridge.PresetLog, Source: "testdb"})
+
+	r.exec(`INSERT INTO items VALUES (1, 'a', 1.50)`)
+	r.exec(`UPDATE items SET name = 'b' WHERE id = 1`)
+	r.exec(`INSERT INTO "Host Data" VALUES ('SHA=8f3a.b c', 'eu*>', '{"n": 12345678901234567890.5}')`)
+	r.exec(`UPDATE "Host Data" SET value = '{"n": 2}'`)
+	r.exec(`DELETE FROM items WHERE id = 1`)
+	_, err := schema.Backfill(r.ctx, r.pool, "items", schema.BackfillOptions{})
+	require.NoError(t, err)
+	r.exec(`INSERT INTO items VALUES (2, 'c', 3)`)
+	r.exec(`TRUNCATE items`)
+	r.exec(`INSERT INTO items VALUES (3, 'after truncate', 3)`)
+	r.waitDrained("HERALD", -1, time.Minute)
+	// The purge after TRUNCATE removed items' older messages; what is left:
+	envs := envelopes(t, r.streamMsgs("HERALD"))
+	var got []string
+	for _, e := range envs {
+		got = append(got, fmt.Sprintf("%s.%s %s %s", e.Schema, e.Table, e.Op, strings.Join(e.Key, ",")))
+	}
+	require.Equal(t, []string{
+		"public.Host Data insert SHA=8f3a.b c,eu*>",
+		"public.Host Data update SHA=8f3a.b c,eu*>",
+		"public.items truncate ",
+		"public.items insert 3",
+	}, got)
+	require.NoError(t, stop())
+
+	// Subject, headers and body of one message.
+	msgs := r.streamMsgs("HERALD")
+	m := msgs[1]
+	require.Equal(t, change.Subject("herald", "public", "Host Data", []string{"SHA=8f3a.b c", "eu*>"}), m.Subject)
+	require.Equal(t, "herald.public.Host%20Data.SHA=8f3a%2Eb%20c.eu%2A%3E", m.Subject)
+	e := envs[1]
+	require.Equal(t, "testdb", e.Source)
+	require.Equal(t, "update", m.Header.Get(change.HeaderOp))
+	require.Equal(t, "public.Host Data", m.Header.Get(change.HeaderTable))
+	require.Equal(t, strconv.FormatInt(e.Epoch, 10), m.Header.Get(change.HeaderEpoch))
+	require.Equal(t, strconv.FormatInt(e.ID, 10), m.Header.Get(change.HeaderID))
+	require.Equal(t, change.MsgID("testdb", e.Version()), m.Header.Get(change.HeaderMsgID))
+	require.Equal(t, []string{"value"}, e.Changed)
+	require.JSONEq(t, `{"hostkey": "SHA=8f3a.b c", "site": "eu*>", "value": {"n": 12345678901234567890.5}}`, string(e.Old))
+	require.Contains(t, string(msgs[0].Data), `12345678901234567890.5`, "numbers stay exact")
+	require.WithinDuration(t, time.Now(), e.At, time.Minute)
+	require.Equal(t, time.UTC, e.At.Location())
+
+	// A table filter matches the truncate event.
+	tr := msgs[2]
+	require.Equal(t, "herald.public.items.%T", tr.Subject)
+	cons, err := r.js.OrderedConsumer(r.ctx, "HERALD", jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{change.TableFilter("herald", "public", "items")},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	require.NoError(t, err)
+	batch, err := cons.Fetch(10, jetstream.FetchMaxWait(2*time.Second))
+	require.NoError(t, err)
+	var boot []string
+	for msg := range batch.Messages() {
+		be, err := change.FromMsg(msg.Subject(), msg.Headers(), msg.Data())
+		require.NoError(t, err)
+		boot = append(boot, string(be.Op)+" "+strings.Join(be.Key, ","))
+	}
+	require.Equal(t, []string{"truncate ", "insert 3"}, boot, "bootstrapping after the truncate sees no truncated row")
+}
+
+// TestRelayOrderAndOnce checks, before any purge, that every change arrives
+// exactly once and in per-key commit order, with snapshots included.
+func TestRelayOrderAndOnce(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE c (k int PRIMARY KEY, n int NOT NULL)`)
+	r.exec(`CREATE TABLE d (k text PRIMARY KEY, n int NOT NULL)`)
+	r.exec(`INSERT INTO c SELECT g, 0 FROM generate_series(1, 50) g`)
+	r.watch("c")
+	r.watch("d")
+	r.runBridge(bridge.Config{Preset: bridge.PresetLog, BatchSize: 64})
+	_, err := schema.Backfill(r.ctx, r.pool, "c", schema.BackfillOptions{BatchSize: 7})
+	require.NoError(t, err)
+	total := 50
+	for i := 1; i <= 20; i++ {
+		r.exec(`UPDATE c SET n = n + 1 WHERE k <= 10`)
+		r.exec(`INSERT INTO d VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET n = EXCLUDED.n`, fmt.Sprint(i%3), i)
+		total += 11
+	}
+	r.exec(`DELETE FROM c WHERE k > 40`)
+	total += 10
+	r.waitDrained("HERALD", total, time.Minute)
+	envs := envelopes(t, r.streamMsgs("HERALD"))
+	ids := map[int64]bool{}
+	last := map[string]change.Version{}
+	for _, e := range envs {
+		require.False(t, ids[e.ID], "id %d twice", e.ID)
+		ids[e.ID] = true
+		k := e.Table + "/" + strings.Join(e.Key, ",")
+		require.True(t, last[k].Less(e.Version()), "%s: version %v after %v", k, e.Version(), last[k])
+		last[k] = e.Version()
+	}
+	require.Len(t, envs, total)
+}
+
+// TestIdleChangeArrivesWithoutSafetyPoll: with the safety poll set to an
+// hour, an idle change still arrives (woken by NOTIFY).
+func TestIdleChangeArrivesWithoutSafetyPoll(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE idle (id int PRIMARY KEY)`)
+	r.watch("idle")
+	r.runBridge(bridge.Config{PollInterval: time.Hour})
+	waitFor(t, 30*time.Second, "the gate to open", func() bool { return gateOpen(t, r) })
+	for i := 1; i <= 3; i++ {
+		r.exec(`INSERT INTO idle VALUES ($1)`, i)
+		r.waitDrained("HERALD", i, 30*time.Second)
+	}
+}
+
+func gateOpen(t *testing.T, r *rig) bool {
+	var open bool
+	require.NoError(t, r.pool.QueryRow(r.ctx, `SELECT armed_until > now() FROM herald.gate`).Scan(&open))
+	return open
+}
+
+// TestGateWindowHook injects a writer into the window where the gate opens:
+// it read the gate closed (so it sends no notification) and commits after
+// the gate opened. The change must arrive without the safety poll.
+func TestGateWindowHook(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE win (id int PRIMARY KEY)`)
+	r.watch("win")
+	var tx pgx.Tx
+	fired := false
+	hooks := &bridge.Hooks{
+		BeforeGateOpen: func() {
+			if fired {
+				return
+			}
+			var err error
+			tx, err = r.pool.Begin(r.ctx)
+			require.NoError(t, err)
+			_, err = tx.Exec(r.ctx, `INSERT INTO win VALUES (1)`) // reads the gate: closed
+			require.NoError(t, err)
+		},
+		AfterGateOpen: func() {
+			if fired {
+				return
+			}
+			fired = true
+			require.NoError(t, tx.Commit(r.ctx)) // commits once the gate is open
+		},
+	}
+	r.runBridge(bridge.Config{PollInterval: time.Hour, Hooks: hooks})
+	r.waitDrained("HERALD", 1, 30*time.Second)
+	require.True(t, fired)
+}
+
+// TestRepeatableReadWriterInWindow: a REPEATABLE READ writer reads the gate
+// from its first snapshot, taken before the gate opened, and so can slip
+// past the re-check; the safety poll still delivers its change.
+func TestRepeatableReadWriterInWindow(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE rr (id int PRIMARY KEY)`)
+	r.watch("rr")
+	var tx pgx.Tx
+	fired := false
+	hooks := &bridge.Hooks{
+		BeforeGateOpen: func() {
+			if fired {
+				return
+			}
+			var err error
+			tx, err = r.pool.BeginTx(r.ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+			require.NoError(t, err)
+			_, err = tx.Exec(r.ctx, `SELECT 1 FROM herald.gate`) // the snapshot is taken here
+			require.NoError(t, err)
+		},
+		AfterGateOpen: func() {
+			if fired {
+				return
+			}
+			fired = true
+			go func() {
+				_, err := tx.Exec(r.ctx, `INSERT INTO rr VALUES (1)`) // sees the gate closed
+				if err == nil {
+					err = tx.Commit(r.ctx)
+				}
+				if err != nil {
+					t.Errorf("writer: %v", err)
+				}
+			}()
+		},
+	}
+	r.runBridge(bridge.Config{PollInterval: 300 * time.Millisecond, Hooks: hooks})
+	r.waitDrained("HERALD", 1, 30*time.Second)
+}
+
+// TestMarkerForTooLargeChange: a change larger than the server's max
+// payload is measured in SQL and published as a marker without values.
+func TestMarkerForTooLargeChange(t *testing.T) {
+	r := newRig(t, rigOptions{maxPayload: 64 * 1024})
+	r.exec(`CREATE TABLE big (id int PRIMARY KEY, body text)`)
+	r.watch("big")
+	r.runBridge(bridge.Config{})
+	r.exec(`INSERT INTO big VALUES (1, repeat('x', 200000))`) // compressed in the table, 200 kB as JSON
+	r.exec(`INSERT INTO big VALUES (2, 'small')`)
+	r.exec(`INSERT INTO big SELECT 3, string_agg(md5(g::text), '') FROM generate_series(1, 3000) g`) // 96 kB, incompressible
+	r.waitDrained("HERALD", 3, 30*time.Second)
+	msgs := r.streamMsgs("HERALD")
+	envs := envelopes(t, msgs)
+	for _, i := range []int{0, 2} {
+		require.NotNil(t, envs[i].Marker, "row %d is a marker", i+1)
+		require.Equal(t, change.MarkerTooLarge, envs[i].Marker.Reason)
+		require.Nil(t, envs[i].New)
+		require.Equal(t, change.MarkerTooLarge, msgs[i].Header.Get(change.HeaderMarker))
+		require.Greater(t, envs[i].Marker.Size, int64(64*1024))
+	}
+	require.Nil(t, envs[1].Marker)
+	var body map[string]any
+	require.NoError(t, json.Unmarshal(envs[1].New, &body))
+	require.Equal(t, "small", body["body"])
+}
+
+func TestStreamThatDoesNotFit(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	_, err := r.js.CreateStream(r.ctx, jetstream.StreamConfig{Name: "HERALD", Subjects: []string{"other.>"}})
+	require.NoError(t, err)
+	b, err := bridge.New(r.dsn, r.ns.Connect(t), bridge.Config{}, bridge.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(r.ctx, 30*time.Second)
+	defer cancel()
+	err = b.Run(ctx)
+	require.ErrorIs(t, err, bridge.ErrStreamMismatch)
+	require.Contains(t, err.Error(), "do not cover herald.>")
+	require.Contains(t, err.Error(), "atomic publish is not allowed")
+
+	s, err := r.js.Stream(r.ctx, "HERALD")
+	require.NoError(t, err)
+	info, err := s.Info(r.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{"other.>"}, info.Config.Subjects, "the existing stream is left as it was")
+}
+
+func TestDatabaseWithoutSchema(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`DROP SCHEMA herald CASCADE`)
+	nc := r.ns.Connect(t)
+	b, err := bridge.New(r.dsn, nc, bridge.Config{}, bridge.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(r.ctx, 30*time.Second)
+	defer cancel()
+	err = b.Run(ctx)
+	require.ErrorIs(t, err, schema.ErrNotInstalled)
+	require.Contains(t, err.Error(), "herald migrate")
+}
+
+func TestInvalidConfig(t *testing.T) {
+	for _, c := range []bridge.Config{
+		{Prefix: "bad prefix"},
+		{Prefix: "a.*"},
+		{Prefix: "a..b"},
+		{Stream: "has.dot"},
+		{BatchSize: 5000},
+		{Preset: "weird"},
+		{OpenRate: 2000, CloseRate: 1000},
+	} {
+		err := c.Validate()
+		require.Error(t, err, "%+v", c)
+	}
+	require.NoError(t, (&bridge.Config{}).Validate())
+}
