@@ -669,7 +669,7 @@ func (d *drainer) purgeBefore(ctx context.Context, m outMsg, seq uint64) error {
 }
 
 // skipStored drops the messages whose subject already holds their version
-// or a newer one of this source: after an unknown outcome, republishing
+// or a newer one of this database: after an unknown outcome, republishing
 // them could store an older version after a newer one. Their ids are
 // deleted like acknowledged ones.
 func (d *drainer) skipStored(ctx context.Context, msgs []outMsg) ([]outMsg, error) {
@@ -705,8 +705,10 @@ func (d *drainer) skipStored(ctx context.Context, msgs []outMsg) ([]outMsg, erro
 				cancel()
 				return msgs, fmt.Errorf("reading last stored versions: %w", err)
 			}
-			src, v, ok := parseMsgID(raw.Header.Get(change.HeaderMsgID))
-			if ok && src == d.source {
+			// One install epoch is one database, whatever source name the
+			// bridge that stored it used (a standby may be named otherwise).
+			_, v, ok := parseMsgID(raw.Header.Get(change.HeaderMsgID))
+			if ok && v.Epoch == d.epoch {
 				last[raw.Subject] = stored{v, raw.Sequence}
 			}
 		}
