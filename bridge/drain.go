@@ -125,7 +125,7 @@ func (d *drainer) run(ctx context.Context) (err error) {
 		if err := d.steerGate(ctx, now); err != nil {
 			return err
 		}
-		if !wake && now.After(d.nextStats) {
+		if now.After(d.nextStats) { // also under sustained load, when the backlog matters most
 			d.refreshStats(ctx)
 			d.nextStats = now.Add(d.cfg.StatsInterval)
 		}
