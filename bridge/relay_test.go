@@ -294,3 +294,43 @@ func TestInvalidConfig(t *testing.T) {
 	}
 	require.NoError(t, (&bridge.Config{}).Validate())
 }
+
+// TestOddKeys: key values with dots, spaces, wildcards, empty strings,
+// control bytes, 10 kB strings and non-ASCII give valid subjects within the
+// cap that decode back to the key (or hash, with the key in the body).
+func TestOddKeys(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE odd (k text PRIMARY KEY, v int)`)
+	r.watch("odd")
+	r.runBridge(bridge.Config{Preset: bridge.PresetLog})
+	keys := []string{"a.b.c", "with space", "*", ">", "", "tab\there", "nl\nx", "\x01ctl\x1f", "ünïcödé ✓", "%41", "%T", strings.Repeat("é", 5000)}
+	for i, k := range keys {
+		r.exec(`INSERT INTO odd VALUES ($1, $2)`, k, i)
+	}
+	r.waitDrained("HERALD", len(keys), 30*time.Second)
+	msgs := r.streamMsgs("HERALD")
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		require.LessOrEqual(t, len(m.Subject), 4096)
+		parts, err := change.ParseSubject("herald", m.Subject)
+		require.NoError(t, err, m.Subject)
+		e, err := change.FromMsg(m.Subject, m.Header, m.Data)
+		require.NoError(t, err)
+		require.Len(t, e.Key, 1)
+		if parts.Hashed[0] {
+			require.Equal(t, strings.Repeat("é", 5000), e.Key[0], "only the long key hashes; the body carries it whole")
+		} else {
+			require.Equal(t, e.Key[0], parts.Key[0], "the subject decodes back to the key")
+		}
+		require.False(t, parts.TableLevel)
+		require.False(t, seen[m.Subject], "one subject per key")
+		seen[m.Subject] = true
+	}
+	got := map[string]bool{}
+	for _, e := range envelopes(t, msgs) {
+		got[e.Key[0]] = true
+	}
+	for _, k := range keys {
+		require.True(t, got[k], "key %q arrived", k)
+	}
+}
