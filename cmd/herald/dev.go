@@ -255,7 +255,7 @@ func printDevGuide(w io.Writer, env *devEnv, c *pgtest.Cluster) {
 	fmt.Fprintf(w, `
 Herald is running.
 
-  PostgreSQL   psql '%s'
+  PostgreSQL   psql '%s'   (pid %d, data in %s)
   NATS         %s   (JetStream, stream HERALD; monitoring on the server's HTTP port)
   files        %s   (herald-filesync: one host_specific.json per __cmdb row)
   Maildirs     %s   (herald-mailstore: one Maildir per mail_users row)
@@ -264,9 +264,9 @@ Try:
   psql '%[1]s' -c "UPDATE __cmdb SET value = '{\"changed\": true}' WHERE hostkey = 'SHA=8f3a01'"
   psql '%[1]s' -c "UPDATE mail_users SET quota_bytes = 2147483648 WHERE username = 'alice'"
   HERALD_DATABASE_URL='%[1]s' go run ./cmd/herald status
-  nats --server %[2]s stream info HERALD
-  nats --server %[2]s sub 'herald.public.__cmdb.>'
+  nats --server %[4]s stream info HERALD
+  nats --server %[4]s sub 'herald.public.__cmdb.>'
 
 Ctrl-C stops everything.
-`, c.ConnString("herald"), env.natsURL, env.filesDir, env.mailDir)
+`, c.ConnString("herald"), c.PID(), c.DataDir(), env.natsURL, env.filesDir, env.mailDir)
 }
