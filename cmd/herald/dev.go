@@ -195,7 +195,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	if *seed {
-		if _, err := conn.Exec(ctx, fmt.Sprintf(devSeedSQL, os.Getgid())); err != nil {
+		if _, err := conn.Exec(ctx, fmt.Sprintf(devSeedSQL, devMailGID)); err != nil {
 			cancel()
 			wg.Wait()
 			return fmt.Errorf("seeding: %w", err)

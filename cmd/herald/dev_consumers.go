@@ -2,15 +2,24 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"github.com/herald-cdc/herald/consumers"
 	"github.com/herald-cdc/herald/consumers/filesync"
+	"github.com/herald-cdc/herald/consumers/mailstore"
+)
+
+// devMailUID owns the dev stack's mailboxes when it runs as root (a
+// typical vmail uid); the seed's users have group devMailGID.
+const (
+	devMailUID = 5000
+	devMailGID = 5000
 )
 
 func init() { devConsumers = startDevConsumers }
 
 // startDevConsumers prepares the consumers `herald dev` runs: filesync on
-// __cmdb (and mailstore on mail_users once it is built in).
+// __cmdb and mailstore on mail_users.
 func startDevConsumers(ctx context.Context, env *devEnv) ([]devService, error) {
 	fcfg := filesync.Config{Dir: env.filesDir}
 	syncer, err := filesync.New(fcfg, filesync.WithLogger(env.logger.With("component", "filesync")))
@@ -23,8 +32,34 @@ func startDevConsumers(ctx context.Context, env *devEnv) ([]devService, error) {
 		syncer.Close()
 		return nil, err
 	}
-	return []devService{{"filesync", func(ctx context.Context) error {
-		defer syncer.Close()
-		return cons.Run(ctx)
-	}}}, nil
+	mcfg := mailstore.Config{Root: env.mailDir, Chown: mailstore.ChownNever}
+	if os.Geteuid() == 0 {
+		mcfg.UID, mcfg.Chown = devMailUID, mailstore.ChownAlways
+	}
+	if err := os.MkdirAll(env.mailDir, 0o755); err != nil {
+		syncer.Close()
+		return nil, err
+	}
+	store, err := mailstore.New(mcfg, mailstore.WithLogger(env.logger.With("component", "mailstore")))
+	if err != nil {
+		syncer.Close()
+		return nil, err
+	}
+	mcons, err := consumers.New(env.js, store.ConsumerConfig(consumers.Config{Durable: mailstore.DefaultDurable}), store,
+		consumers.WithLogger(env.logger.With("component", "mailstore")))
+	if err != nil {
+		syncer.Close()
+		store.Close()
+		return nil, err
+	}
+	return []devService{
+		{"filesync", func(ctx context.Context) error {
+			defer syncer.Close()
+			return cons.Run(ctx)
+		}},
+		{"mailstore", func(ctx context.Context) error {
+			defer store.Close()
+			return mcons.Run(ctx)
+		}},
+	}, nil
 }

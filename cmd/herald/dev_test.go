@@ -104,11 +104,25 @@ func TestDevStack(t *testing.T) {
 	require.NoError(t, err)
 	_, err = conn.Exec(ctx, `UPDATE __cmdb SET value = '{"changed": true}' WHERE hostkey = 'SHA=8f3a01'`)
 	require.NoError(t, err)
-	conn.Close(ctx)
 	waitUntil(t, time.Minute, "the update in the host's file", func() bool {
 		b, err := os.ReadFile(hostFile)
 		return err == nil && strings.Contains(string(b), `"changed": true`)
 	})
+
+	// The same UPDATE path reaches the mailbox.
+	require.NotEmpty(t, g.mail)
+	quota := filepath.Join(g.mail, "example.org", "alice", "Maildir", "maildirsize")
+	waitUntil(t, time.Minute, "alice's Maildir with her quota", func() bool {
+		b, err := os.ReadFile(quota)
+		return err == nil && strings.HasPrefix(string(b), "1073741824S\n")
+	})
+	_, err = conn.Exec(ctx, `UPDATE mail_users SET quota_bytes = 2147483648 WHERE username = 'alice'`)
+	require.NoError(t, err)
+	waitUntil(t, time.Minute, "alice's new quota", func() bool {
+		b, err := os.ReadFile(quota)
+		return err == nil && strings.HasPrefix(string(b), "2147483648S\n")
+	})
+	conn.Close(ctx)
 
 	nc, err := nats.Connect(g.natsURL)
 	require.NoError(t, err)
