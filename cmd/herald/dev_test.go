@@ -191,3 +191,16 @@ func procsUsing(dir string) []int {
 	}
 	return out
 }
+
+// TestDevWithoutPostgreSQL: with no PostgreSQL binaries, herald dev says
+// how to install them and starts nothing.
+func TestDevWithoutPostgreSQL(t *testing.T) {
+	cmd := exec.Command(heraldBinary(t), "dev")
+	cmd.Env = append(os.Environ(), "HERALD_TEST_PG_BIN=/nonexistent/bin")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	require.Equal(t, 1, ee.ExitCode())
+	require.Contains(t, string(out), "apt-get install postgresql")
+	require.NotContains(t, string(out), "Herald is running")
+}
