@@ -712,6 +712,13 @@ func (d *drainer) skipStored(ctx context.Context, msgs []outMsg) ([]outMsg, erro
 				last[raw.Subject] = stored{v, raw.Sequence}
 			}
 		}
+		// The iterator also ends quietly when the deadline passes, so an
+		// unanswered or cut-off read looks like "nothing stored"; trusting
+		// it would republish what the subject already holds.
+		if cctx.Err() != nil {
+			cancel()
+			return msgs, fmt.Errorf("reading last stored versions: no complete answer within %s", d.cfg.PublishTimeout)
+		}
 		cancel()
 		subjects = subjects[n:]
 	}

@@ -2,11 +2,13 @@ package bridge_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -200,12 +202,23 @@ var (
 	buildErr  error
 )
 
-// bridgeBinary builds cmd/herald-bridge once per test binary.
+// binDirPrefix names the directories bridgeBinary builds into.
+const binDirPrefix = "herald-bridge-bin-"
+
+// bridgeBinary builds cmd/herald-bridge once per test binary, into a
+// directory of its own that records the test binary's pid. A test binary
+// ends with os.Exit (pgtest.Main) and cannot remove it, so each build first
+// removes the directories of test binaries that are gone.
 func bridgeBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "herald-bridge-bin-")
+		removeStaleBinDirs()
+		dir, err := os.MkdirTemp("", binDirPrefix)
 		if err != nil {
+			buildErr = err
+			return
+		}
+		if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 			buildErr = err
 			return
 		}
@@ -220,11 +233,32 @@ func bridgeBinary(t *testing.T) string {
 	return buildPath
 }
 
-// bridgeProc is herald-bridge running as a real process.
+// removeStaleBinDirs removes build directories whose owner has exited.
+// Directories without an owner file are left alone.
+func removeStaleBinDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binDirPrefix+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, "owner"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(dir)
+		}
+	}
+}
+
+// bridgeProc is herald-bridge running as a real process. It is reaped in
+// the background, so a test can wait for it to exit by itself.
 type bridgeProc struct {
-	t   *testing.T
-	cmd *exec.Cmd
-	out *lockedBuffer
+	t    *testing.T
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{} // closed once the process has exited and been reaped
 }
 
 type lockedBuffer struct {
@@ -258,11 +292,15 @@ func (r *rig) startBridge(env map[string]string) *bridgeProc {
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &bridgeProc{t: r.t, cmd: cmd, out: &lockedBuffer{}}
+	p := &bridgeProc{t: r.t, cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.out
 	cmd.Stderr = p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(r.t, cmd.Start())
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
 	r.t.Cleanup(func() {
 		p.kill()
 		if r.t.Failed() {
@@ -272,23 +310,43 @@ func (r *rig) startBridge(env map[string]string) *bridgeProc {
 	return p
 }
 
-// kill sends SIGKILL and reaps the process.
+// kill sends SIGKILL and waits until the process is reaped.
 func (p *bridgeProc) kill() {
-	if p.cmd.ProcessState != nil {
+	if !p.running() {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	_ = p.cmd.Wait()
+	<-p.done
+}
+
+// running reports whether the process has not exited yet.
+func (p *bridgeProc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait waits for the process to exit by itself and returns its exit code.
+func (p *bridgeProc) wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.kill()
+		p.t.Fatalf("herald-bridge did not exit within %s; its output:\n%s", timeout, p.out.String())
+	}
+	return p.cmd.ProcessState.ExitCode()
 }
 
 // stop sends SIGTERM and returns the exit code.
 func (p *bridgeProc) stop(timeout time.Duration) int {
 	p.t.Helper()
 	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGTERM))
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-p.done:
 	case <-time.After(timeout):
 		p.kill()
 		p.t.Fatalf("herald-bridge did not exit within %s of SIGTERM", timeout)
