@@ -376,6 +376,10 @@ func (d *drainer) fetch(ctx context.Context) ([]logRow, error) {
 	return out, nil
 }
 
+// markerUnencodable is the marker reason for a change that cannot be put
+// into a valid envelope.
+const markerUnencodable = "unencodable"
+
 // envelopeOverhead is room left in a message for the envelope's fields and
 // the headers besides old and new.
 const envelopeOverhead = 2048
@@ -400,21 +404,36 @@ func (d *drainer) build(rows []logRow) ([]outMsg, error) {
 		}
 		var msg *nats.Msg
 		var err error
+		reason := ""
 		if !tooLarge {
 			msg, err = change.NewMsg(d.cfg.Prefix, e)
-			if err != nil {
-				return nil, fmt.Errorf("log row %d: %w", r.id, err)
+			switch {
+			case err != nil:
+				// A change no consumer could decode (invalid UTF-8 in a
+				// SQL_ASCII database, say) must not block the log: it goes
+				// out as a marker, which consumers dead-letter.
+				reason = markerUnencodable
+				d.log.Error("change cannot be encoded; publishing a marker", "id", r.id, "table", r.schema+"."+r.table, "err", err)
+			case int64(len(msg.Data)+headerSize(msg.Header)) > d.maxPayload:
+				reason = change.MarkerTooLarge
 			}
-			tooLarge = int64(len(msg.Data)+headerSize(msg.Header)) > d.maxPayload
+		} else {
+			reason = change.MarkerTooLarge
 		}
-		if tooLarge {
+		if reason != "" {
 			e.Old, e.New, e.Changed = nil, nil, nil
-			e.Marker = &change.Marker{Reason: change.MarkerTooLarge, Size: r.size, Limit: d.maxPayload}
+			e.Marker = &change.Marker{Reason: reason, Size: r.size, Limit: d.maxPayload}
+			e.Schema, e.Table = strings.ToValidUTF8(e.Schema, "\uFFFD"), strings.ToValidUTF8(e.Table, "\uFFFD")
+			for i, k := range e.Key {
+				e.Key[i] = strings.ToValidUTF8(k, "\uFFFD")
+			}
 			if msg, err = change.NewMsg(d.cfg.Prefix, e); err != nil {
-				return nil, fmt.Errorf("log row %d: %w", r.id, err)
+				return nil, fmt.Errorf("log row %d: even its marker cannot be encoded: %w", r.id, err)
 			}
 			d.m.markers.Inc()
-			d.log.Warn("change too large for a message; publishing a marker", "id", r.id, "table", r.schema+"."+r.table, "size", r.size, "max_payload", d.maxPayload)
+			if reason == change.MarkerTooLarge {
+				d.log.Warn("change too large for a message; publishing a marker", "id", r.id, "table", r.schema+"."+r.table, "size", r.size, "max_payload", d.maxPayload)
+			}
 		}
 		if e.Op == change.OpDelete && d.cfg.Preset == PresetState {
 			// Deleted keys leave a state stream once consumers had time to

@@ -10,11 +10,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/herald-cdc/herald/bridge"
 	"github.com/herald-cdc/herald/change"
+	"github.com/herald-cdc/herald/internal/natstest"
+	"github.com/herald-cdc/herald/internal/pgtest"
 	"github.com/herald-cdc/herald/schema"
 )
 
@@ -333,4 +336,45 @@ func TestOddKeys(t *testing.T) {
 	for _, k := range keys {
 		require.True(t, got[k], "key %q arrived", k)
 	}
+}
+
+// TestUnencodableChangeBecomesMarker: a change no consumer could decode
+// (invalid UTF-8 in a SQL_ASCII database) does not block the log; it goes
+// out as a marker and the changes after it flow.
+func TestUnencodableChangeBecomesMarker(t *testing.T) {
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	name := fmt.Sprintf("sqlascii_%d", time.Now().UnixNano())
+	admin, err := pgx.Connect(ctx, c.ConnString("postgres"))
+	require.NoError(t, err)
+	_, err = admin.Exec(ctx, `CREATE DATABASE `+name+` ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`)
+	require.NoError(t, err)
+	admin.Close(ctx)
+	t.Cleanup(func() { _ = c.DropDatabase(context.Background(), name) })
+	dsn := c.ConnString(name)
+
+	pool, err := pgxpool.New(ctx, dsn)
+	require.NoError(t, err)
+	defer pool.Close()
+	_, err = schema.Migrate(ctx, pool)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `CREATE TABLE raw (k text PRIMARY KEY, v int)`)
+	require.NoError(t, err)
+	_, err = schema.WatchTable(ctx, pool, schema.WatchOptions{Table: "raw"})
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO raw VALUES (convert_from('\xff41'::bytea, 'SQL_ASCII'), 1)`)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO raw VALUES ('fine', 2)`)
+	require.NoError(t, err)
+
+	r := &rig{t: t, ctx: ctx, dsn: dsn, pool: pool, ns: natstest.Start(t, natstest.Options{})}
+	r.js = r.ns.JetStream(t)
+	r.runBridge(bridge.Config{})
+	r.waitDrained("HERALD", 2, 30*time.Second)
+	envs := envelopes(t, r.streamMsgs("HERALD"))
+	require.NotNil(t, envs[0].Marker)
+	require.Equal(t, "unencodable", envs[0].Marker.Reason)
+	require.Nil(t, envs[0].New)
+	require.Nil(t, envs[1].Marker)
+	require.Equal(t, []string{"fine"}, envs[1].Key)
 }
