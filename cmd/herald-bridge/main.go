@@ -11,11 +11,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -100,7 +98,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer nc.Close()
-	if err := waitConnected(ctx, nc, cfg.NATSConnectWait); err != nil {
+	if err := envcfg.WaitConnected(ctx, nc, cfg.NATSConnectWait); err != nil {
 		fmt.Fprintf(stderr, "herald-bridge: cannot reach NATS at %s within %s: %v (is nats-server running with JetStream? check HERALD_NATS_URL)\n", cfg.URL, cfg.NATSConnectWait, err)
 		return 1
 	}
@@ -136,30 +134,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		logger.Error("herald-bridge stopped", "err", err)
-		fmt.Fprintf(stderr, "herald-bridge: %s\n", oneLine(err))
+		fmt.Fprintf(stderr, "herald-bridge: %s\n", envcfg.OneLine(err))
 		return 1
 	}
 	logger.Info("herald-bridge stopped")
 	return 0
 }
-
-// waitConnected waits for the first NATS connection.
-func waitConnected(ctx context.Context, nc *nats.Conn, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for !nc.IsConnected() {
-		if time.Now().After(deadline) {
-			if err := nc.LastError(); err != nil {
-				return err
-			}
-			return errors.New("no connection")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -62,7 +61,7 @@ const (
 
 func run(args []string, stdout, stderr io.Writer) int {
 	fail := func(code int, err error) int {
-		fmt.Fprintf(stderr, "herald-mailstore: %s\n", oneLine(err))
+		fmt.Fprintf(stderr, "herald-mailstore: %s\n", envcfg.OneLine(err))
 		return code
 	}
 	var cfg config
@@ -122,7 +121,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return fail(exitFailed, err)
 	}
 	defer nc.Close()
-	if err := waitConnected(ctx, nc, cfg.NATSConnectWait); err != nil {
+	if err := envcfg.WaitConnected(ctx, nc, cfg.NATSConnectWait); err != nil {
 		if ctx.Err() != nil {
 			return exitOK
 		}
@@ -192,24 +191,3 @@ func envName(err error) error {
 	)
 	return errors.New(r.Replace(err.Error()))
 }
-
-// waitConnected waits for the first NATS connection.
-func waitConnected(ctx context.Context, nc *nats.Conn, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for !nc.IsConnected() {
-		if time.Now().After(deadline) {
-			if err := nc.LastError(); err != nil {
-				return err
-			}
-			return errors.New("no connection")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

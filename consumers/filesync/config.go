@@ -3,7 +3,6 @@ package filesync
 import (
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/herald-cdc/herald/change"
@@ -62,7 +61,7 @@ func (c *Config) Validate() error {
 	if c.DirMode == 0 {
 		c.DirMode = DefaultDirMode
 	}
-	if _, _, err := splitTable(c.Table); err != nil {
+	if _, _, err := consumers.SplitTable(c.Table); err != nil {
 		return fmt.Errorf("filesync config: Table: %w", err)
 	}
 	if c.Dir == "" {
@@ -94,18 +93,6 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// splitTable splits "schema.table" at the first dot.
-func splitTable(s string) (schema, table string, err error) {
-	schema, table, ok := strings.Cut(s, ".")
-	if !ok {
-		schema, table = "public", s
-	}
-	if schema == "" || table == "" {
-		return "", "", fmt.Errorf("%q: use schema.table, e.g. public.__cmdb", s)
-	}
-	return schema, table, nil
-}
-
 // ConsumerConfig returns base with what filesync needs from the runtime: its
 // filter subjects (the table, or the chosen keys and the table's table-level
 // subject) and the quiet period. A base without a durable name gets
@@ -118,7 +105,7 @@ func (c Config) ConsumerConfig(base consumers.Config) consumers.Config {
 	if prefix == "" {
 		prefix = consumers.DefaultPrefix
 	}
-	schema, table, _ := splitTable(c.Table)
+	schema, table, _ := consumers.SplitTable(c.Table)
 	if len(c.Keys) == 0 {
 		base.FilterSubjects = []string{change.TableFilter(prefix, schema, table)}
 	} else {

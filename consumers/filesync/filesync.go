@@ -108,7 +108,7 @@ func New(cfg Config, opts ...Option) (*Syncer, error) {
 	if o.reg == nil {
 		o.reg = prometheus.NewRegistry()
 	}
-	schema, table, _ := splitTable(cfg.Table)
+	schema, table, _ := consumers.SplitTable(cfg.Table)
 	tmpl, _ := parseTemplate(cfg.Path)
 	if err := os.MkdirAll(cfg.Dir, cfg.DirMode); err != nil {
 		return nil, fmt.Errorf("creating filesync root %s: %w", cfg.Dir, err)
@@ -159,19 +159,7 @@ func (s *Syncer) ConsumerConfig(base consumers.Config) consumers.Config {
 
 func (s *Syncer) registerMetrics(reg prometheus.Registerer) error {
 	mk := func(name, help string) (prometheus.Counter, error) {
-		v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"table"})
-		if err := reg.Register(v); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return nil, fmt.Errorf("registering filesync metrics: %w", err)
-			}
-			existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-			if !ok {
-				return nil, fmt.Errorf("registering filesync metrics: %w", err)
-			}
-			v = existing
-		}
-		return v.WithLabelValues(s.tableID), nil
+		return consumers.TableCounter(reg, name, help, s.tableID)
 	}
 	var err error
 	if s.written, err = mk("herald_filesync_files_written_total", "Files written (created or replaced)."); err != nil {

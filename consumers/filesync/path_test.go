@@ -132,19 +132,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestSplitTable(t *testing.T) {
-	for in, want := range map[string][2]string{
-		"public.__cmdb": {"public", "__cmdb"},
-		"__cmdb":        {"public", "__cmdb"},
-		"cf.hosts.v2":   {"cf", "hosts.v2"},
-	} {
-		s, tb, err := splitTable(in)
-		if err != nil || s != want[0] || tb != want[1] {
-			t.Errorf("splitTable(%q) = %q, %q, %v", in, s, tb, err)
-		}
-	}
-}
-
 // FuzzKeyPath checks that no key, under any of a few templates, yields a
 // path outside the root or in filesync's state directory, and that nothing
 // panics.

@@ -73,7 +73,7 @@ func (c *Config) Validate() error {
 	if c.Root == "" {
 		return fmt.Errorf("mailstore config: Root is required: the directory the mailboxes live under")
 	}
-	if _, _, err := splitTable(c.Table); err != nil {
+	if _, _, err := consumers.SplitTable(c.Table); err != nil {
 		return fmt.Errorf("mailstore config: Table: %w", err)
 	}
 	switch c.Chown {
@@ -146,18 +146,6 @@ func archiveDir(root, archive string) (string, error) {
 	return a, nil
 }
 
-// splitTable splits "schema.table" at the first dot.
-func splitTable(s string) (schema, table string, err error) {
-	schema, table, ok := strings.Cut(s, ".")
-	if !ok {
-		schema, table = "public", s
-	}
-	if schema == "" || table == "" {
-		return "", "", fmt.Errorf("%q: use schema.table, e.g. public.mail_users", s)
-	}
-	return schema, table, nil
-}
-
 // ConsumerConfig returns base with what mailstore needs from the runtime:
 // the table's filter subject. A base without a durable name gets
 // DefaultDurable. Call after Validate.
@@ -169,7 +157,7 @@ func (c Config) ConsumerConfig(base consumers.Config) consumers.Config {
 	if prefix == "" {
 		prefix = consumers.DefaultPrefix
 	}
-	schema, table, _ := splitTable(c.Table)
+	schema, table, _ := consumers.SplitTable(c.Table)
 	base.FilterSubjects = []string{change.TableFilter(prefix, schema, table)}
 	return base
 }

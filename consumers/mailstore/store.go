@@ -90,7 +90,7 @@ func New(cfg Config, opts ...Option) (*Store, error) {
 	if o.reg == nil {
 		o.reg = prometheus.NewRegistry()
 	}
-	schema, table, _ := splitTable(cfg.Table)
+	schema, table, _ := consumers.SplitTable(cfg.Table)
 	archive, _ := archiveDir(cfg.Root, cfg.Archive)
 	if !cfg.DryRun {
 		if err := os.MkdirAll(cfg.Root, domainMode); err != nil {
@@ -169,19 +169,7 @@ func (s *Store) ConsumerConfig(base consumers.Config) consumers.Config {
 
 func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 	mk := func(name, help string) (prometheus.Counter, error) {
-		v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"table"})
-		if err := reg.Register(v); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return nil, fmt.Errorf("registering mailstore metrics: %w", err)
-			}
-			existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-			if !ok {
-				return nil, fmt.Errorf("registering mailstore metrics: %w", err)
-			}
-			v = existing
-		}
-		return v.WithLabelValues(s.tableID), nil
+		return consumers.TableCounter(reg, name, help, s.tableID)
 	}
 	var err error
 	for _, c := range []struct {

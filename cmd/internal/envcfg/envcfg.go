@@ -5,6 +5,7 @@
 package envcfg
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -247,3 +248,27 @@ func ParseArgs(name string, args []string, out io.Writer, intro string, spec any
 	}
 	return nil
 }
+
+// WaitConnected waits up to d for nc's first connection (Connect retries a
+// failed first connection in the background), so a program that cannot
+// work without NATS can fail with a clear reason instead of hanging.
+func WaitConnected(ctx context.Context, nc *nats.Conn, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for !nc.IsConnected() {
+		if time.Now().After(deadline) {
+			if err := nc.LastError(); err != nil {
+				return err
+			}
+			return errors.New("no connection")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// OneLine renders err on one line, for the reason a program prints on exit.
+func OneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
