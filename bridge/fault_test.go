@@ -42,6 +42,7 @@ import (
 	"github.com/herald-cdc/herald/bridge"
 	"github.com/herald-cdc/herald/change"
 	"github.com/herald-cdc/herald/internal/pgtest"
+	"github.com/herald-cdc/herald/internal/testproc"
 	"github.com/herald-cdc/herald/schema"
 )
 
@@ -224,7 +225,7 @@ func (r *rig) streamMsgCount(stream string) int64 {
 func (r *rig) waitStreamPast(stream string, n int64, timeout time.Duration) int64 {
 	r.t.Helper()
 	var got int64
-	waitFor(r.t, timeout, fmt.Sprintf("more than %d messages in %s", n, stream), func() bool {
+	testproc.WaitFor(r.t, timeout, fmt.Sprintf("more than %d messages in %s", n, stream), func() bool {
 		got = r.streamMsgCount(stream)
 		return got > n
 	})
@@ -358,7 +359,7 @@ func (r *rig) leader() *schema.BridgeSession {
 func (r *rig) waitLeader(notPID int32, timeout time.Duration) *schema.BridgeSession {
 	r.t.Helper()
 	var b *schema.BridgeSession
-	waitFor(r.t, timeout, fmt.Sprintf("a bridge other than session %d to lead", notPID), func() bool {
+	testproc.WaitFor(r.t, timeout, fmt.Sprintf("a bridge other than session %d to lead", notPID), func() bool {
 		b = r.leader()
 		return b != nil && b.PID != notPID
 	})
@@ -381,7 +382,7 @@ func (r *rig) waitWritersGone() {
 	r.t.Helper()
 	var vxids []string
 	require.NoError(r.t, r.pool.QueryRow(r.ctx, schema.Query("gate_writers")).Scan(&vxids))
-	waitFor(r.t, time.Minute, fmt.Sprintf("%d transactions in flight to end", len(vxids)), func() bool {
+	testproc.WaitFor(r.t, time.Minute, fmt.Sprintf("%d transactions in flight to end", len(vxids)), func() bool {
 		var left int
 		require.NoError(r.t, r.pool.QueryRow(r.ctx, schema.Query("gate_writers_left"), vxids).Scan(&left))
 		return left == 0
@@ -474,11 +475,11 @@ func TestKillBridgeUnderLoad(t *testing.T) {
 	var prevLeader int32
 	underLoad := 0
 	for i, at := range kills {
-		waitFor(t, 2*time.Minute, fmt.Sprintf("%d changes committed", at), func() bool {
+		testproc.WaitFor(t, 2*time.Minute, fmt.Sprintf("%d changes committed", at), func() bool {
 			return ld.committed.Load() >= at || ld.finished()
 		})
 		prevLeader = r.waitLeader(prevLeader, time.Minute).PID
-		waitFor(t, time.Minute, "the bridge to publish", func() bool {
+		testproc.WaitFor(t, time.Minute, "the bridge to publish", func() bool {
 			return r.streamMsgCount("HERALD") > base || r.backlog() == 0
 		})
 		// Not waiting for an event: this picks the moment of the kill.
@@ -487,7 +488,7 @@ func TestKillBridgeUnderLoad(t *testing.T) {
 		if !ld.finished() {
 			underLoad++
 		}
-		p.kill()
+		p.Kill()
 		base = r.streamMsgCount("HERALD")
 		t.Logf("kill %d: %s after the restarted bridge published; %d changes committed, %d in the stream, %d in the log",
 			i+1, delay, ld.committed.Load(), base, r.backlog())
@@ -499,7 +500,7 @@ func TestKillBridgeUnderLoad(t *testing.T) {
 	r.waitDrained("HERALD", -1, 2*time.Minute)
 	recs := r.checkKV("HERALD", false)
 	require.Len(t, recs, total)
-	require.True(t, p.running(), "the last bridge still runs")
+	require.True(t, p.Running(), "the last bridge still runs")
 }
 
 // natsOutage stops nats-server under load for hold, then restarts it on the
@@ -513,7 +514,7 @@ func natsOutage(t *testing.T, hold time.Duration, env map[string]string, allowDu
 		"HERALD_GATE_CLOSE_RATE", "1e9", "HERALD_GATE_OPEN_RATE", "1e8")
 	p := r.startBridge(env)
 	l := r.listen()
-	waitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
+	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
 	ld := r.startLoad(loadOptions{writers: 3, perTx: 5, keys: keys, seed: 1, pause: 5 * time.Millisecond})
 	r.waitStreamPast("HERALD", 1000, time.Minute)
 	_, open := r.gate()
@@ -522,7 +523,7 @@ func natsOutage(t *testing.T, hold time.Duration, env map[string]string, allowDu
 	r.ns.Stop()
 	stopped := time.Now()
 	atStop := ld.committed.Load()
-	waitFor(t, time.Minute, "the bridge to close the gate", func() bool {
+	testproc.WaitFor(t, time.Minute, "the bridge to close the gate", func() bool {
 		until, _ := r.gate()
 		return until.Equal(closedGate)
 	})
@@ -546,7 +547,7 @@ func natsOutage(t *testing.T, hold time.Duration, env map[string]string, allowDu
 	require.Zero(t, ld.failures.Load())
 	r.waitDrained("HERALD", -1, 2*time.Minute)
 	r.checkKV("HERALD", allowDup)
-	require.True(t, p.running(), "the bridge rode out the outage")
+	require.True(t, p.Running(), "the bridge rode out the outage")
 }
 
 // TestNATSOutageUnderLoad: NATS down for longer than the publish timeout
@@ -600,7 +601,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 			t.Logf("%d writer transactions failed during the %s", ld.failures.Load(), name)
 			r.waitDrained("HERALD", -1, 2*time.Minute)
 			r.checkKV("HERALD", false)
-			require.True(t, p.running(), "the bridge recovered by itself")
+			require.True(t, p.Running(), "the bridge recovered by itself")
 		})
 	}
 }
@@ -620,7 +621,7 @@ func TestListenBackendTerminated(t *testing.T) {
 		b := r.waitLeader(prev, time.Minute)
 		n = r.waitStreamPast("HERALD", n+500, time.Minute)
 		var pid int32
-		waitFor(t, time.Minute, "one herald-bridge session", func() bool {
+		testproc.WaitFor(t, time.Minute, "one herald-bridge session", func() bool {
 			var pids []int32
 			require.NoError(t, r.pool.QueryRow(r.ctx, `SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity
 				WHERE application_name = 'herald-bridge' AND datname = current_database()`).Scan(&pids))
@@ -641,7 +642,7 @@ func TestListenBackendTerminated(t *testing.T) {
 	require.NoError(t, ld.stop(), "writers are not disturbed")
 	r.waitDrained("HERALD", -1, 2*time.Minute)
 	r.checkKV("HERALD", false)
-	require.True(t, p.running(), "the bridge recovered by itself")
+	require.True(t, p.Running(), "the bridge recovered by itself")
 }
 
 // TestTwoBridgesOneDatabase: of two bridges on one database exactly one
@@ -660,7 +661,7 @@ func TestTwoBridgesOneDatabase(t *testing.T) {
 			createKV(r, keys)
 			apps := [2]string{"herald-bridge-a", "herald-bridge-b"}
 			sources := [2]string{tc.a, tc.b}
-			start := func(i int) *bridgeProc {
+			start := func(i int) *testproc.Proc {
 				env := withEnv(logPreset, "HERALD_DATABASE_URL", withAppName(r.dsn, apps[i]))
 				if sources[i] != "" {
 					env["HERALD_SOURCE"] = sources[i]
@@ -668,14 +669,14 @@ func TestTwoBridgesOneDatabase(t *testing.T) {
 				return r.startBridge(env)
 			}
 			standbyConnected := func(i int) {
-				waitFor(t, time.Minute, apps[i]+" to connect", func() bool {
+				testproc.WaitFor(t, time.Minute, apps[i]+" to connect", func() bool {
 					var n int
 					require.NoError(t, r.pool.QueryRow(r.ctx, `SELECT count(*) FROM pg_stat_activity
 						WHERE application_name = $1 AND datname = current_database()`, apps[i]).Scan(&n))
 					return n == 1
 				})
 			}
-			var procs [2]*bridgeProc
+			var procs [2]*testproc.Proc
 			procs[0] = start(0)
 			lead := r.waitLeader(0, time.Minute)
 			require.Equal(t, apps[0], lead.ApplicationName)
@@ -690,7 +691,7 @@ func TestTwoBridgesOneDatabase(t *testing.T) {
 				now := r.leader()
 				require.NotNil(t, now)
 				require.Equal(t, lead.PID, now.PID, "%s still leads", apps[leader])
-				procs[leader].kill()
+				procs[leader].Kill()
 				lead = r.waitLeader(lead.PID, time.Minute)
 				require.Equal(t, apps[1-leader], lead.ApplicationName, "the standby took over")
 				procs[leader] = start(leader) // back as the standby
@@ -701,7 +702,7 @@ func TestTwoBridgesOneDatabase(t *testing.T) {
 			require.NoError(t, ld.stop())
 			r.waitDrained("HERALD", -1, 2*time.Minute)
 			recs := r.checkKV("HERALD", false)
-			require.True(t, procs[0].running() && procs[1].running())
+			require.True(t, procs[0].Running() && procs[1].Running())
 
 			// Exactly one bridge published at a time: in stream order the
 			// source changes only at the handovers, starting with the first
@@ -737,7 +738,7 @@ func TestGateLeaseOutlivesKilledBridge(t *testing.T) {
 	p := r.startBridge(env)
 	l := r.listen()
 	writes := 0
-	waitFor(t, time.Minute, "a write to notify through the open gate", func() bool {
+	testproc.WaitFor(t, time.Minute, "a write to notify through the open gate", func() bool {
 		r.exec(kvUpdate, []int32{1})
 		writes++
 		return l.count() > 0
@@ -745,16 +746,16 @@ func TestGateLeaseOutlivesKilledBridge(t *testing.T) {
 
 	// Kill it while the gate is open.
 	var armed time.Time
-	waitFor(t, time.Minute, "the gate to be open", func() bool {
+	testproc.WaitFor(t, time.Minute, "the gate to be open", func() bool {
 		var open bool
 		require.NoError(t, r.pool.QueryRow(r.ctx, `SELECT armed_until, armed_until > now() FROM herald.gate`).Scan(&armed, &open))
 		return open
 	})
-	p.kill()
+	p.Kill()
 	after, _ := r.gate()
 	require.False(t, after.Before(armed), "nobody closed the gate: armed until %v, was %v", after, armed)
 
-	waitFor(t, time.Minute, "the lease to run out", func() bool { _, open := r.gate(); return !open })
+	testproc.WaitFor(t, time.Minute, "the lease to run out", func() bool { _, open := r.gate(); return !open })
 	for k := int32(1); k <= 10; k++ {
 		r.exec(kvUpdate, []int32{k})
 	}
@@ -774,10 +775,10 @@ func TestHighRateClosesGate(t *testing.T) {
 	createKV(r, keys)
 	p := r.startBridge(logPreset)
 	l := r.listen()
-	waitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
+	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
 
 	ld := r.startLoad(loadOptions{writers: 8, perTx: 4, keys: keys, seed: 5})
-	waitFor(t, time.Minute, "the bridge to close the gate", func() bool {
+	testproc.WaitFor(t, time.Minute, "the bridge to close the gate", func() bool {
 		until, open := r.gate()
 		return !open && until.Equal(closedGate)
 	})
@@ -785,7 +786,7 @@ func TestHighRateClosesGate(t *testing.T) {
 	l.count() // notifications from before
 	c0 := ld.committed.Load()
 	n0 := r.streamMsgCount("HERALD")
-	waitFor(t, time.Minute, "5000 more changes", func() bool { return ld.committed.Load() >= c0+5000 })
+	testproc.WaitFor(t, time.Minute, "5000 more changes", func() bool { return ld.committed.Load() >= c0+5000 })
 	r.waitStreamPast("HERALD", n0+5000, time.Minute)
 	require.Zero(t, l.count(), "notifications while the gate was closed for the high rate")
 	_, open := r.gate()
@@ -793,7 +794,7 @@ func TestHighRateClosesGate(t *testing.T) {
 	require.NoError(t, ld.stop())
 	r.waitDrained("HERALD", -1, 2*time.Minute)
 	r.checkKV("HERALD", false)
-	require.True(t, p.running())
+	require.True(t, p.Running())
 }
 
 // TestSIGTERMUnderLoad stops herald-bridge with SIGTERM under load, three
@@ -812,9 +813,9 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		n = r.waitStreamPast("HERALD", n+500, time.Minute)
 		// Not waiting for an event: this picks the moment of the signal.
 		time.Sleep(time.Duration(rng.Int64N(int64(200 * time.Millisecond))))
-		require.Equal(t, 0, p.stop(30*time.Second), "exit code after SIGTERM; output:\n%s", p.out.String())
-		require.Contains(t, p.out.String(), "herald-bridge stopped")
-		require.NotContains(t, p.out.String(), "level=ERROR")
+		require.Equal(t, 0, p.Stop(30*time.Second), "exit code after SIGTERM; output:\n%s", p.Output())
+		require.Contains(t, p.Output(), "herald-bridge stopped")
+		require.NotContains(t, p.Output(), "level=ERROR")
 		n = r.streamMsgCount("HERALD")
 	}
 	p := r.startBridge(logPreset)
@@ -822,7 +823,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	require.NoError(t, ld.stop())
 	r.waitDrained("HERALD", -1, 2*time.Minute)
 	r.checkKV("HERALD", false)
-	require.Equal(t, 0, p.stop(30*time.Second))
+	require.Equal(t, 0, p.Stop(30*time.Second))
 }
 
 // reasonLine returns the one line of out that herald-bridge prefixes with
@@ -875,8 +876,8 @@ func TestBridgeProcessBadInput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := r.startBridge(tc.env)
-			code := p.wait(time.Minute)
-			out := p.out.String()
+			code := p.Wait(time.Minute)
+			out := p.Output()
 			require.Equal(t, tc.code, code, "exit code; output:\n%s", out)
 			line := reasonLine(t, out)
 			for _, w := range tc.want {
@@ -901,7 +902,7 @@ func TestBridgeHelpListsEveryVariable(t *testing.T) {
 	t.Parallel()
 	names := configVariables(t, "config", "../cmd/herald-bridge/main.go", "../cmd/internal/envcfg/envcfg.go")
 	require.Greater(t, len(names), 20)
-	out, err := exec.Command(bridgeBinary(t), "-h").CombinedOutput()
+	out, err := exec.Command(testproc.Build(t, bridgeCmd), "-h").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	lines := strings.Split(string(out), "\n")
 	for _, name := range names {
@@ -1006,7 +1007,7 @@ func TestRecoveryReadUnanswered(t *testing.T) {
 	require.NoError(t, holder.QueryRow(r.ctx, schema.Query("leader_lock")).Scan(&got))
 	require.True(t, got)
 	b, _ := r.runBridge(cfg)
-	waitFor(t, time.Minute, "the bridge to stand by", func() bool { return b.Ready() == nil })
+	testproc.WaitFor(t, time.Minute, "the bridge to stand by", func() bool { return b.Ready() == nil })
 
 	// Nobody answers the reads of stored versions now.
 	setDirect := func(on bool) {
@@ -1025,7 +1026,7 @@ func TestRecoveryReadUnanswered(t *testing.T) {
 	require.NoError(t, nc.Flush())
 
 	require.NoError(t, holder.Close(r.ctx)) // the bridge leads
-	waitFor(t, time.Minute, "the bridge to retry its unanswered read, or to drain", func() bool {
+	testproc.WaitFor(t, time.Minute, "the bridge to retry its unanswered read, or to drain", func() bool {
 		return unanswered.Load() >= 2 || r.backlog() == 0
 	})
 	require.NoError(t, sub.Unsubscribe())

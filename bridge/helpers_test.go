@@ -2,16 +2,11 @@ package bridge_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +19,7 @@ import (
 	"github.com/herald-cdc/herald/change"
 	"github.com/herald-cdc/herald/internal/natstest"
 	"github.com/herald-cdc/herald/internal/pgtest"
+	"github.com/herald-cdc/herald/internal/testproc"
 	"github.com/herald-cdc/herald/schema"
 )
 
@@ -131,18 +127,6 @@ func (r *rig) runBridge(cfg bridge.Config) (b *bridge.Bridge, stop func() error)
 	return b, stop
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // streamMsgs reads every message of the stream in sequence order.
 func (r *rig) streamMsgs(stream string) []*jetstream.RawStreamMsg {
 	r.t.Helper()
@@ -180,7 +164,7 @@ func envelopes(t *testing.T, msgs []*jetstream.RawStreamMsg) []*change.Envelope 
 // messages (want < 0: any number).
 func (r *rig) waitDrained(stream string, want int, timeout time.Duration) {
 	r.t.Helper()
-	waitFor(r.t, timeout, fmt.Sprintf("log drained and %d messages in %s", want, stream), func() bool {
+	testproc.WaitFor(r.t, timeout, fmt.Sprintf("log drained and %d messages in %s", want, stream), func() bool {
 		if r.backlog() != 0 {
 			return false
 		}
@@ -196,160 +180,21 @@ func (r *rig) waitDrained(stream string, want int, timeout time.Duration) {
 	})
 }
 
-var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
-)
+// bridgeCmd is the import path of the herald-bridge command.
+const bridgeCmd = "github.com/herald-cdc/herald/cmd/herald-bridge"
 
-// binDirPrefix names the directories bridgeBinary builds into.
-const binDirPrefix = "herald-bridge-bin-"
-
-// bridgeBinary builds cmd/herald-bridge once per test binary, into a
-// directory of its own that records the test binary's pid. A test binary
-// ends with os.Exit (pgtest.Main) and cannot remove it, so each build first
-// removes the directories of test binaries that are gone.
-func bridgeBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		removeStaleBinDirs()
-		dir, err := os.MkdirTemp("", binDirPrefix)
-		if err != nil {
-			buildErr = err
-			return
-		}
-		if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
-			buildErr = err
-			return
-		}
-		buildPath = filepath.Join(dir, "herald-bridge")
-		cmd := exec.Command("go", "build", "-o", buildPath, "github.com/herald-cdc/herald/cmd/herald-bridge")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build herald-bridge: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, buildErr)
-	return buildPath
-}
-
-// removeStaleBinDirs removes build directories whose owner has exited.
-// Directories without an owner file are left alone.
-func removeStaleBinDirs() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binDirPrefix+"*"))
-	for _, dir := range dirs {
-		b, err := os.ReadFile(filepath.Join(dir, "owner"))
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 0 {
-			continue
-		}
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			_ = os.RemoveAll(dir)
-		}
-	}
-}
-
-// bridgeProc is herald-bridge running as a real process. It is reaped in
-// the background, so a test can wait for it to exit by itself.
-type bridgeProc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{} // closed once the process has exited and been reaped
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// startBridge starts herald-bridge with the rig's database and NATS and
-// extra HERALD_* variables.
-func (r *rig) startBridge(env map[string]string) *bridgeProc {
+// startBridge starts herald-bridge as a real process with the rig's
+// database and NATS and extra HERALD_* variables.
+func (r *rig) startBridge(env map[string]string) *testproc.Proc {
 	r.t.Helper()
-	cmd := exec.Command(bridgeBinary(r.t))
-	cmd.Env = append(os.Environ(),
+	vars := append(os.Environ(),
 		"HERALD_DATABASE_URL="+r.dsn,
 		"HERALD_NATS_URL="+r.ns.URL(),
 		"HERALD_METRICS_ADDR=",
 		"HERALD_LOG_FORMAT=text",
 	)
 	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
+		vars = append(vars, k+"="+v)
 	}
-	p := &bridgeProc{t: r.t, cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
-	cmd.Stdout = p.out
-	cmd.Stderr = p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(r.t, cmd.Start())
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	r.t.Cleanup(func() {
-		p.kill()
-		if r.t.Failed() {
-			r.t.Logf("herald-bridge (pid %d) output:\n%s", cmd.Process.Pid, p.out.String())
-		}
-	})
-	return p
-}
-
-// kill sends SIGKILL and waits until the process is reaped.
-func (p *bridgeProc) kill() {
-	if !p.running() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// running reports whether the process has not exited yet.
-func (p *bridgeProc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// wait waits for the process to exit by itself and returns its exit code.
-func (p *bridgeProc) wait(timeout time.Duration) int {
-	p.t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.kill()
-		p.t.Fatalf("herald-bridge did not exit within %s; its output:\n%s", timeout, p.out.String())
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
-
-// stop sends SIGTERM and returns the exit code.
-func (p *bridgeProc) stop(timeout time.Duration) int {
-	p.t.Helper()
-	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.kill()
-		p.t.Fatalf("herald-bridge did not exit within %s of SIGTERM", timeout)
-	}
-	return p.cmd.ProcessState.ExitCode()
+	return testproc.Start(r.t, testproc.Build(r.t, bridgeCmd), vars)
 }

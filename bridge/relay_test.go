@@ -18,6 +18,7 @@ import (
 	"github.com/herald-cdc/herald/change"
 	"github.com/herald-cdc/herald/internal/natstest"
 	"github.com/herald-cdc/herald/internal/pgtest"
+	"github.com/herald-cdc/herald/internal/testproc"
 	"github.com/herald-cdc/herald/schema"
 )
 
@@ -137,7 +138,7 @@ func TestIdleChangeArrivesWithoutSafetyPoll(t *testing.T) {
 	r.exec(`CREATE TABLE idle (id int PRIMARY KEY)`)
 	r.watch("idle")
 	r.runBridge(bridge.Config{PollInterval: time.Hour})
-	waitFor(t, 30*time.Second, "the gate to open", func() bool { return gateOpen(t, r) })
+	testproc.WaitFor(t, 30*time.Second, "the gate to open", func() bool { return gateOpen(t, r) })
 	for i := 1; i <= 3; i++ {
 		r.exec(`INSERT INTO idle VALUES ($1)`, i)
 		r.waitDrained("HERALD", i, 30*time.Second)

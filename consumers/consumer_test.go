@@ -20,6 +20,7 @@ import (
 	"github.com/herald-cdc/herald/consumers"
 	ct "github.com/herald-cdc/herald/consumers/internal/consumertest"
 	"github.com/herald-cdc/herald/internal/natstest"
+	"github.com/herald-cdc/herald/internal/testproc"
 )
 
 const wait = ct.Wait
@@ -139,7 +140,7 @@ func TestPerKeyOrderAcrossWorkers(t *testing.T) {
 	c.DeliverPolicy = consumers.DeliverAll
 	r := start(t, js, c, rec)
 	r.WaitMetric(t, "herald_consumer_processed_total", keys*versions)
-	ct.Eventually(t, wait, ct.Settled(js, "order"))
+	testproc.Eventually(t, wait, ct.Settled(js, "order"))
 
 	if rec.overlap {
 		t.Fatal("one key was applied by two workers at once")
@@ -155,7 +156,7 @@ func TestPerKeyOrderAcrossWorkers(t *testing.T) {
 	if err := r.C.Ready(); err != nil {
 		t.Fatalf("Ready() = %v while consuming", err)
 	}
-	ct.Eventually(t, wait, func() string {
+	testproc.Eventually(t, wait, func() string {
 		if got := r.Metric(t, "herald_consumer_pending"); got != 0 {
 			return fmt.Sprintf("pending = %v", got)
 		}
@@ -179,7 +180,7 @@ func TestBootstrapLastPerSubjectThenResume(t *testing.T) {
 	rec := newRecorder()
 	r := start(t, js, cfg("boot"), rec)
 	r.WaitMetric(t, "herald_consumer_processed_total", 3)
-	ct.Eventually(t, wait, ct.Settled(js, "boot"))
+	testproc.Eventually(t, wait, ct.Settled(js, "boot"))
 	got := rec.byKey()
 	want := map[string][]int64{"a": {7}, "b": {8}, "c": {9}}
 	for k, ids := range want {
@@ -194,7 +195,7 @@ func TestBootstrapLastPerSubjectThenResume(t *testing.T) {
 	rec2 := newRecorder()
 	r2 := start(t, js, cfg("boot"), rec2)
 	r2.WaitMetric(t, "herald_consumer_processed_total", 1)
-	ct.Eventually(t, wait, ct.Settled(js, "boot"))
+	testproc.Eventually(t, wait, ct.Settled(js, "boot"))
 	if got := rec2.byKey(); len(got) != 1 || !slices.Equal(got["a"], []int64{10}) {
 		t.Fatalf("restarted consumer applied %v, want only a:10", got)
 	}
@@ -220,7 +221,7 @@ func TestRetryableFailureIsRetried(t *testing.T) {
 		ct.Env("t", []string{"steady"}, 2, change.OpInsert, `{"value":2}`))
 
 	r.WaitMetric(t, "herald_consumer_processed_total", 2)
-	ct.Eventually(t, wait, ct.Settled(js, "retry"))
+	testproc.Eventually(t, wait, ct.Settled(js, "retry"))
 	if got := r.Metric(t, "herald_consumer_failed_total"); got != 2 {
 		t.Fatalf("failed_total = %v, want 2", got)
 	}
@@ -272,7 +273,7 @@ func TestDeadLetters(t *testing.T) {
 
 	r.WaitMetric(t, "herald_consumer_dead_lettered_total", 6)
 	r.WaitMetric(t, "herald_consumer_processed_total", 20)
-	ct.Eventually(t, wait, ct.Settled(js, "dlq"))
+	testproc.Eventually(t, wait, ct.Settled(js, "dlq"))
 
 	dls := ct.DeadLetters(t, js)
 	if len(dls) != 6 {
@@ -336,7 +337,7 @@ func TestStaleVersionSkipped(t *testing.T) {
 	ct.Publish(t, js, newer, older, same)
 
 	r.WaitMetric(t, "herald_consumer_stale_skipped_total", 2)
-	ct.Eventually(t, wait, ct.Settled(js, "stale"))
+	testproc.Eventually(t, wait, ct.Settled(js, "stale"))
 	if got := rec.byKey()["k"]; !slices.Equal(got, []int64{5}) {
 		t.Fatalf("applied %v, want only version 5", got)
 	}
@@ -369,7 +370,7 @@ func TestQuietPeriodCollapsesChanges(t *testing.T) {
 
 	clock.Advance(time.Second)
 	r.WaitMetric(t, "herald_consumer_processed_total", 2)
-	ct.Eventually(t, wait, ct.Settled(js, "quiet"))
+	testproc.Eventually(t, wait, ct.Settled(js, "quiet"))
 	got := rec.byKey()
 	if !slices.Equal(got["h"], []int64{100}) || !slices.Equal(got["other"], []int64{101}) {
 		t.Fatalf("applied %v, want h:[100] other:[101]", got)
@@ -413,7 +414,7 @@ func TestTruncateIsABarrier(t *testing.T) {
 	if calls := rec.snapshot(); calls[3].ID != 4 {
 		t.Fatalf("last call = %d, want a:4", calls[3].ID)
 	}
-	ct.Eventually(t, wait, ct.Settled(js, "barrier"))
+	testproc.Eventually(t, wait, ct.Settled(js, "barrier"))
 }
 
 func ids(es []*change.Envelope) []string {
@@ -437,7 +438,7 @@ func TestSurvivesServerRestart(t *testing.T) {
 	r.WaitMetric(t, "herald_consumer_processed_total", 10)
 
 	srv.Stop()
-	ct.Eventually(t, wait, func() string {
+	testproc.Eventually(t, wait, func() string {
 		if r.C.Ready() == nil {
 			return "still ready with the server down"
 		}
@@ -448,8 +449,8 @@ func TestSurvivesServerRestart(t *testing.T) {
 		ct.Publish(t, js, ct.Env("t", []string{fmt.Sprint(i)}, i, change.OpInsert, `{"value":0}`))
 	}
 	r.WaitMetric(t, "herald_consumer_processed_total", 20)
-	ct.Eventually(t, wait, ct.Settled(js, "restart"))
-	ct.Eventually(t, wait, func() string {
+	testproc.Eventually(t, wait, ct.Settled(js, "restart"))
+	testproc.Eventually(t, wait, func() string {
 		if err := r.C.Ready(); err != nil {
 			return err.Error()
 		}
@@ -473,7 +474,7 @@ func TestDeletedDurableIsRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	ct.Publish(t, js, ct.Env("t", []string{"b"}, 2, change.OpInsert, `{"value":2}`))
-	ct.Eventually(t, wait, func() string {
+	testproc.Eventually(t, wait, func() string {
 		if got := rec.byKey()["b"]; !slices.Equal(got, []int64{2}) {
 			return fmt.Sprintf("b applied %v", got)
 		}
@@ -539,7 +540,7 @@ func TestShutdownFinishesInFlightAndGivesBackTheRest(t *testing.T) {
 	// was acked and is not.
 	rec := newRecorder()
 	r := start(t, js, c, rec)
-	ct.Eventually(t, wait, ct.Settled(js, "drain"))
+	testproc.Eventually(t, wait, ct.Settled(js, "drain"))
 	got := rec.byKey()
 	if _, again := got["slow"]; again {
 		t.Fatalf("the applied change was delivered again: %v", got)
@@ -558,7 +559,7 @@ func TestMissingStreamIsWaitedFor(t *testing.T) {
 
 	rec := newRecorder()
 	r := start(t, js, cfg("early"), rec)
-	ct.Eventually(t, wait, func() string {
+	testproc.Eventually(t, wait, func() string {
 		if err := r.C.Ready(); err == nil || !strings.Contains(err.Error(), "does not exist") {
 			return fmt.Sprintf("Ready() = %v, want the missing stream", err)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/herald-cdc/herald/bridge"
 	"github.com/herald-cdc/herald/cmd/internal/envcfg"
+	"github.com/herald-cdc/herald/cmd/internal/lifecycle"
 	"github.com/herald-cdc/herald/internal/ops"
 )
 
@@ -110,28 +111,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "herald-bridge: %v\n", err)
 		return 2
 	}
-	opsDone := make(chan error, 1)
-	go func() { opsDone <- ops.Serve(ctx, cfg.MetricsAddr, reg, b.Ready, logger) }()
-
-	runDone := make(chan error, 1)
-	go func() { runDone <- b.Run(ctx) }()
-	select {
-	case err = <-runDone:
-	case err = <-opsDone:
-		if err != nil {
-			err = fmt.Errorf("serving metrics on %s: %w", cfg.MetricsAddr, err)
-			stop()
-			<-runDone
-		} else {
-			err = <-runDone
-		}
-	case <-ctx.Done():
-		select {
-		case err = <-runDone:
-		case <-time.After(cfg.ShutdownTimeout):
-			err = fmt.Errorf("the batch in flight did not finish within %s; its changes stay in the log and are published on the next start", cfg.ShutdownTimeout)
-		}
-	}
+	serve := func(ctx context.Context) error { return ops.Serve(ctx, cfg.MetricsAddr, reg, b.Ready, logger) }
+	err = lifecycle.Run(ctx, b.Run, serve, cfg.ShutdownTimeout,
+		fmt.Errorf("the batch in flight did not finish within %s; its changes stay in the log and are published on the next start", cfg.ShutdownTimeout))
 	if err != nil {
 		logger.Error("herald-bridge stopped", "err", err)
 		fmt.Fprintf(stderr, "herald-bridge: %s\n", envcfg.OneLine(err))

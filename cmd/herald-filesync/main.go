@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/herald-cdc/herald/cmd/internal/envcfg"
+	"github.com/herald-cdc/herald/cmd/internal/lifecycle"
 	"github.com/herald-cdc/herald/consumers"
 	"github.com/herald-cdc/herald/consumers/filesync"
 	"github.com/herald-cdc/herald/internal/ops"
@@ -105,26 +106,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	opsErr := make(chan error, 1)
-	go func() {
-		err := ops.Serve(ctx, cfg.MetricsAddr, reg, cons.Ready, logger)
-		if err != nil {
-			cancel() // no endpoints, no service: stop rather than run unobserved
-		}
-		opsErr <- err
-	}()
-
 	logger.Info("herald-filesync starting", "dir", fcfg.Dir, "table", fcfg.Table, "path", fcfg.Path, "durable", ccfg.Durable)
-	runErr := cons.Run(ctx)
-	cancel()
-	if err := <-opsErr; err != nil {
-		logger.Error("metrics and health endpoints failed", "err", err)
-		return 1
-	}
-	if runErr != nil {
-		logger.Error("consumer failed", "err", runErr)
+	serve := func(ctx context.Context) error { return ops.Serve(ctx, cfg.MetricsAddr, reg, cons.Ready, logger) }
+	// No grace: herald-filesync has no shutdown timeout and waits for the
+	// files being written.
+	if err := lifecycle.Run(ctx, cons.Run, serve, 0, nil); err != nil {
+		logger.Error("herald-filesync stopped", "err", err)
 		return 1
 	}
 	if err := nc.Drain(); err != nil {

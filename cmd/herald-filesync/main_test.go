@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,25 +17,8 @@ import (
 
 	"github.com/herald-cdc/herald/change"
 	"github.com/herald-cdc/herald/internal/natstest"
+	"github.com/herald-cdc/herald/internal/testproc"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestHelpListsEveryVariable(t *testing.T) {
 	var out, errOut bytes.Buffer
@@ -88,22 +70,6 @@ func TestBadConfigExitsWithOneLine(t *testing.T) {
 
 const wait = 30 * time.Second
 
-// eventually polls cond until it returns "" or wait passes.
-func eventually(t *testing.T, d time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", d, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func freePort(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -146,11 +112,11 @@ func TestRunsSyncsAndStopsCleanly(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut testproc.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, nil, &out, &errOut) }()
 
-	eventually(t, wait, func() string {
+	testproc.Eventually(t, wait, func() string {
 		if code, body := httpGet("http://" + addr + "/readyz"); code != 200 {
 			return fmt.Sprintf("/readyz %d %s", code, body)
 		}
@@ -167,7 +133,7 @@ func TestRunsSyncsAndStopsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	file := filepath.Join(dir, "SHA=8f3a01", "host_specific.json")
-	eventually(t, wait, func() string {
+	testproc.Eventually(t, wait, func() string {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return err.Error()
@@ -195,5 +161,35 @@ func TestRunsSyncsAndStopsCleanly(t *testing.T) {
 	}
 	if !strings.Contains(errOut.String(), "herald-filesync stopped") {
 		t.Fatalf("no shutdown log:\n%s", errOut.String())
+	}
+}
+
+// TestMetricsAddressInUseExitsOne: when the endpoints cannot listen, the
+// program stops (exit 1, the address in the log) rather than run unobserved.
+func TestMetricsAddressInUseExitsOne(t *testing.T) {
+	srv := natstest.Start(t, natstest.Options{})
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	t.Setenv("HERALD_NATS_URL", srv.URL())
+	t.Setenv("HERALD_FILESYNC_DIR", filepath.Join(t.TempDir(), "cmdb"))
+	t.Setenv("HERALD_METRICS_ADDR", taken.Addr().String())
+	t.Setenv("HERALD_LOG_FORMAT", "text")
+
+	var out, errOut testproc.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(context.Background(), nil, &out, &errOut) }()
+	select {
+	case code := <-done:
+		if code != 1 {
+			t.Fatalf("exit %d, want 1; stderr:\n%s", code, errOut.String())
+		}
+	case <-time.After(wait):
+		t.Fatalf("still running with its metrics address taken; stderr:\n%s", errOut.String())
+	}
+	if !strings.Contains(errOut.String(), taken.Addr().String()) {
+		t.Fatalf("the log does not name the address:\n%s", errOut.String())
 	}
 }

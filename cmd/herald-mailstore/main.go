@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/herald-cdc/herald/cmd/internal/envcfg"
+	"github.com/herald-cdc/herald/cmd/internal/lifecycle"
 	"github.com/herald-cdc/herald/consumers"
 	"github.com/herald-cdc/herald/consumers/mailstore"
 	"github.com/herald-cdc/herald/internal/ops"
@@ -136,28 +137,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return fail(exitConfig, err)
 	}
 
-	opsDone := make(chan error, 1)
-	go func() { opsDone <- ops.Serve(ctx, cfg.MetricsAddr, reg, c.Ready, logger) }()
 	go func() { _ = store.RunPurger(ctx) }()
-	runDone := make(chan error, 1)
-	go func() { runDone <- c.Run(ctx) }()
-
-	select {
-	case err = <-runDone:
-	case err = <-opsDone:
-		if err != nil {
-			stop()
-			<-runDone
-		} else {
-			err = <-runDone
-		}
-	case <-ctx.Done():
-		select {
-		case err = <-runDone:
-		case <-time.After(cfg.ShutdownTimeout):
-			err = fmt.Errorf("the changes being applied did not finish within %s; they are redelivered on the next start", cfg.ShutdownTimeout)
-		}
-	}
+	serve := func(ctx context.Context) error { return ops.Serve(ctx, cfg.MetricsAddr, reg, c.Ready, logger) }
+	err = lifecycle.Run(ctx, c.Run, serve, cfg.ShutdownTimeout,
+		fmt.Errorf("the changes being applied did not finish within %s; they are redelivered on the next start", cfg.ShutdownTimeout))
 	if err != nil {
 		logger.Error("herald-mailstore stopped", "err", err)
 		return fail(exitFailed, err)

@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/herald-cdc/herald/bridge"
 	"github.com/herald-cdc/herald/internal/natstest"
 	"github.com/herald-cdc/herald/internal/pgtest"
+	"github.com/herald-cdc/herald/internal/testproc"
 	"github.com/herald-cdc/herald/schema"
 )
 
@@ -39,32 +39,9 @@ const (
 	converge = 90 * time.Second
 )
 
-var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
-)
-
-// binary builds herald-mailstore once per test binary.
-func binary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "herald-mailstore-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		buildPath = filepath.Join(dir, "herald-mailstore")
-		out, err := exec.Command("go", "build", "-o", buildPath, "github.com/herald-cdc/herald/cmd/herald-mailstore").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build herald-mailstore: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return buildPath
-}
+// mailstoreCmd is the import path of this command, which the tests run as
+// a real process.
+const mailstoreCmd = "github.com/herald-cdc/herald/cmd/herald-mailstore"
 
 func TestHelpListsEveryVariable(t *testing.T) {
 	var out, errb bytes.Buffer
@@ -128,7 +105,7 @@ func TestBadConfigExitsWithOneLine(t *testing.T) {
 			if strings.HasPrefix(tc.want, "HERALD_MAILSTORE_ROOT") {
 				env = env[:1]
 			}
-			cmd := exec.Command(binary(t))
+			cmd := exec.Command(testproc.Build(t, mailstoreCmd))
 			cmd.Env = append(env, tc.env...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
@@ -209,34 +186,10 @@ func (r *rig) exec(sql string, args ...any) {
 	}
 }
 
-// proc is herald-mailstore running as a real process.
-type proc struct {
-	cmd *exec.Cmd
-	out *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // start runs herald-mailstore on the rig.
-func (r *rig) start() *proc {
+func (r *rig) start() *testproc.Proc {
 	r.t.Helper()
-	cmd := exec.Command(binary(r.t))
-	cmd.Env = []string{
+	return testproc.Start(r.t, testproc.Build(r.t, mailstoreCmd), []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HERALD_NATS_URL=" + r.ns.URL(),
 		"HERALD_MAILSTORE_ROOT=" + r.root,
@@ -244,63 +197,7 @@ func (r *rig) start() *proc {
 		"HERALD_METRICS_ADDR=",
 		"HERALD_LOG_FORMAT=text",
 		"HERALD_CONSUMER_ACK_WAIT=2s",
-	}
-	p := &proc{cmd: cmd, out: &lockedBuffer{}}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	r.t.Cleanup(func() {
-		p.kill()
-		if r.t.Failed() {
-			r.t.Logf("herald-mailstore (pid %d) output:\n%s", cmd.Process.Pid, p.out.String())
-		}
 	})
-	return p
-}
-
-func (p *proc) kill() {
-	if p.cmd.ProcessState != nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	_ = p.cmd.Wait()
-}
-
-// stop sends SIGTERM and returns the exit code.
-func (p *proc) stop(t *testing.T) int {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(40 * time.Second):
-		p.kill()
-		t.Fatal("herald-mailstore did not exit within 40s of SIGTERM")
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
-
-// eventually polls cond until it returns "" or the deadline passes.
-func eventually(t *testing.T, d time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	wait := time.Millisecond
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not met within %s: %s", d, msg)
-		}
-		time.Sleep(wait)
-		wait = min(wait*2, 50*time.Millisecond)
-	}
 }
 
 type row struct {
@@ -448,19 +345,19 @@ func TestKillNineUnderLoadConverges(t *testing.T) {
 
 	load(400)
 	for _, at := range []int{20, 60} {
-		eventually(t, converge, func() string {
+		testproc.Eventually(t, converge, func() string {
 			if n := r.countMailboxes(); n < at {
 				return fmt.Sprintf("%d mailboxes so far, waiting for %d to kill", n, at)
 			}
 			return ""
 		})
-		p.kill()
+		p.Kill()
 		t.Logf("killed herald-mailstore with %d mailboxes on disk", r.countMailboxes())
 		load(100)
 		p = r.start()
 	}
 
-	eventually(t, converge, r.mismatch)
+	testproc.Eventually(t, converge, r.mismatch)
 
 	// Every archived mailbox belongs to a deleted row.
 	archive := filepath.Join(r.root, ".archive")
@@ -481,10 +378,10 @@ func TestKillNineUnderLoadConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := p.stop(t); code != 0 {
+	if code := p.Stop(40 * time.Second); code != 0 {
 		t.Fatalf("herald-mailstore exited %d on SIGTERM, want 0", code)
 	}
-	if !strings.Contains(p.out.String(), "herald-mailstore stopped") {
+	if !strings.Contains(p.Output(), "herald-mailstore stopped") {
 		t.Fatal("herald-mailstore did not log its clean stop")
 	}
 }
@@ -495,7 +392,7 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	r := newRig(t)
 	p := r.start()
 	r.exec(`INSERT INTO mail_users (gid, dba, username, quota_bytes) VALUES ($1, 'example.org', 'alice', 1)`, testGID)
-	eventually(t, converge, r.mismatch)
+	testproc.Eventually(t, converge, r.mismatch)
 	js, err := jetstream.New(r.ns.Connect(t))
 	if err != nil {
 		t.Fatal(err)
@@ -503,11 +400,11 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	if _, err := js.Consumer(r.ctx, "HERALD", "mailstore"); err != nil {
 		t.Fatalf("durable mailstore: %v", err)
 	}
-	if code := p.stop(t); code != 0 {
-		t.Fatalf("exit %d on SIGTERM, want 0\n%s", code, p.out.String())
+	if code := p.Stop(40 * time.Second); code != 0 {
+		t.Fatalf("exit %d on SIGTERM, want 0\n%s", code, p.Output())
 	}
 	for _, want := range []string{"stopping: finishing the changes in flight", "herald-mailstore stopped"} {
-		if !strings.Contains(p.out.String(), want) {
+		if !strings.Contains(p.Output(), want) {
 			t.Errorf("log lacks %q", want)
 		}
 	}

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/herald-cdc/herald/consumers/internal/consumertest"
 	"github.com/herald-cdc/herald/internal/natstest"
 	"github.com/herald-cdc/herald/internal/pgtest"
+	"github.com/herald-cdc/herald/internal/testproc"
 	"github.com/herald-cdc/herald/schema"
 )
 
@@ -149,7 +148,7 @@ func (e *e2e) converged() string {
 
 func (e *e2e) waitConverged(d time.Duration) {
 	e.t.Helper()
-	consumertest.Eventually(e.t, d, e.converged)
+	testproc.Eventually(e.t, d, e.converged)
 }
 
 func TestFilesInStepWithTable(t *testing.T) {
@@ -198,29 +197,6 @@ func TestBackfillProducesEveryFile(t *testing.T) {
 	e.waitConverged(time.Minute)
 }
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-func filesyncBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "herald-filesync-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "herald-filesync")
-		if out, err := exec.Command("go", "build", "-o", binPath, "github.com/herald-cdc/herald/cmd/herald-filesync").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, binErr)
-	return binPath
-}
-
 // TestFilesyncKilledUnderLoad: herald-filesync killed -9 while writers
 // update hosts, restarted each time: the files converge to the table.
 func TestFilesyncKilledUnderLoad(t *testing.T) {
@@ -230,13 +206,10 @@ func TestFilesyncKilledUnderLoad(t *testing.T) {
 	t.Logf("random seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
 
-	start := func() *exec.Cmd {
-		cmd := exec.Command(filesyncBinary(t))
-		cmd.Env = append(os.Environ(), "HERALD_NATS_URL="+e.ns.URL(), "HERALD_FILESYNC_DIR="+e.root,
-			"HERALD_METRICS_ADDR=", "HERALD_LOG_FORMAT=text", "HERALD_CONSUMER_ACK_WAIT=2s")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		require.NoError(t, cmd.Start())
-		return cmd
+	bin := testproc.Build(t, "github.com/herald-cdc/herald/cmd/herald-filesync")
+	start := func() *testproc.Proc {
+		return testproc.Start(t, bin, append(os.Environ(), "HERALD_NATS_URL="+e.ns.URL(), "HERALD_FILESYNC_DIR="+e.root,
+			"HERALD_METRICS_ADDR=", "HERALD_LOG_FORMAT=text", "HERALD_CONSUMER_ACK_WAIT=2s"))
 	}
 	ctx, stop := context.WithCancel(e.ctx)
 	var wg sync.WaitGroup
@@ -253,16 +226,15 @@ func TestFilesyncKilledUnderLoad(t *testing.T) {
 			}
 		}(w)
 	}
-	cmd := start()
+	p := start()
 	for kill := 0; kill < 4; kill++ {
 		time.Sleep(time.Duration(200+rng.IntN(800)) * time.Millisecond) // a random moment under load
-		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-		_ = cmd.Wait()
-		cmd = start()
+		require.True(t, p.Running(), "herald-filesync runs until killed")
+		p.Kill()
+		p = start()
 	}
 	stop()
 	wg.Wait()
 	e.waitConverged(2 * time.Minute)
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, cmd.Wait(), "a clean shutdown exits 0")
+	require.Equal(t, 0, p.Stop(30*time.Second), "a clean shutdown exits 0")
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/herald-cdc/herald/consumers/filesync"
 	ct "github.com/herald-cdc/herald/consumers/internal/consumertest"
 	"github.com/herald-cdc/herald/internal/natstest"
+	"github.com/herald-cdc/herald/internal/testproc"
 )
 
 const table = "__cmdb"
@@ -91,7 +92,7 @@ func hostFile(dir, key string) string { return filepath.Join(dir, key, "host_spe
 // waits until the file is gone.
 func waitFile(t *testing.T, dir, key, want string) {
 	t.Helper()
-	ct.Eventually(t, ct.Wait, func() string {
+	testproc.Eventually(t, ct.Wait, func() string {
 		b, err := os.ReadFile(hostFile(dir, key))
 		if want == "" {
 			if err == nil {
@@ -165,7 +166,7 @@ func TestInsertUpdateDeleteTruncateSnapshot(t *testing.T) {
 	// Delete: the file and its now-empty directory go.
 	ct.Publish(t, js, env("h2", 4, change.OpDelete, ""))
 	waitFile(t, dir, "h2", "")
-	ct.Eventually(t, ct.Wait, func() string {
+	testproc.Eventually(t, ct.Wait, func() string {
 		if _, err := os.Stat(filepath.Join(dir, "h2")); !errors.Is(err, os.ErrNotExist) {
 			return fmt.Sprintf("directory of a deleted host left behind: %v", err)
 		}
@@ -185,7 +186,7 @@ func TestInsertUpdateDeleteTruncateSnapshot(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "README")); err != nil {
 		t.Fatalf("truncate removed a file that is not the table's: %v", err)
 	}
-	ct.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
+	testproc.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
 	if got := r.run.Metric(t, "herald_consumer_dead_lettered_total"); got != 0 {
 		t.Fatalf("%v dead letters", got)
 	}
@@ -239,7 +240,7 @@ func TestQuietPeriodOneWrite(t *testing.T) {
 	}
 	clock.Advance(2 * time.Second)
 	waitFile(t, dir, "h", `{"n":100}`)
-	ct.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
+	testproc.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
 	if got := r.run.Metric(t, "herald_filesync_files_written_total"); got != 1 {
 		t.Fatalf("files written = %v, want exactly 1", got)
 	}
@@ -277,7 +278,7 @@ func TestOlderVersionNeverRollsBack(t *testing.T) {
 	}
 	cc.Durable = "filesync-2"
 	r2 := startSync(t, js, filesync.Config{Dir: dir}, cc)
-	ct.Eventually(t, ct.Wait, ct.Settled(js, "filesync-2"))
+	testproc.Eventually(t, ct.Wait, ct.Settled(js, "filesync-2"))
 	if got := r2.run.Metric(t, "herald_filesync_files_written_total"); got != 0 {
 		t.Fatalf("restarted filesync wrote %v files from older versions", got)
 	}
@@ -320,7 +321,7 @@ func TestKeysLimitOnlyWritesThoseKeys(t *testing.T) {
 	waitFile(t, dir, "A", `{"k":"a"}`)
 	waitFile(t, other, "B", `{"k":"b"}`)
 	waitFile(t, other, "C", `{"k":"c"}`)
-	ct.Eventually(t, ct.Wait, ct.Settled(js, "only-a"))
+	testproc.Eventually(t, ct.Wait, ct.Settled(js, "only-a"))
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -401,7 +402,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	}
 	want := float64(len(poison) + 1)
 	r.run.WaitMetric(t, "herald_consumer_dead_lettered_total", want)
-	ct.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
+	testproc.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
 
 	reasons := map[string]string{}
 	for _, m := range ct.DeadLetters(t, js) {
@@ -432,7 +433,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		ct.PublishMsg(t, js, &nats.Msg{Subject: fmt.Sprintf("herald.public.__cmdb.junk%d", i), Data: []byte("junk")})
 	}
 	r.run.WaitMetric(t, "herald_consumer_dead_lettered_total", want+50)
-	ct.Eventually(t, ct.Wait, func() string {
+	testproc.Eventually(t, ct.Wait, func() string {
 		if n := ct.CountDeadLetters(js); n != int(want)+50 {
 			return fmt.Sprintf("%d dead letters stored, want %d", n, int(want)+50)
 		}
@@ -476,7 +477,7 @@ func TestRebuildFromStreamAfterWipe(t *testing.T) {
 	for k, v := range want {
 		waitFile(t, dir, k, v)
 	}
-	ct.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
+	testproc.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
 	if got := r2.run.Metric(t, "herald_filesync_files_written_total"); got != hosts {
 		t.Fatalf("rebuild wrote %v files, want %d (last message per subject only)", got, hosts)
 	}

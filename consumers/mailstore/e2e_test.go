@@ -22,6 +22,7 @@ import (
 	"github.com/herald-cdc/herald/consumers/mailstore"
 	"github.com/herald-cdc/herald/internal/natstest"
 	"github.com/herald-cdc/herald/internal/pgtest"
+	"github.com/herald-cdc/herald/internal/testproc"
 	"github.com/herald-cdc/herald/schema"
 )
 
@@ -145,13 +146,13 @@ func (r *e2e) mailstore(durable string, policy consumers.DeliverPolicy) (*mailst
 // waitTree waits until the live mailboxes match the table exactly.
 func (r *e2e) waitTree() {
 	r.t.Helper()
-	ct.Eventually(r.t, converge, func() string { return checkTree(r.t, r.root, r.users()) })
+	testproc.Eventually(r.t, converge, func() string { return checkTree(r.t, r.root, r.users()) })
 }
 
 // waitSettled waits until the durable has acknowledged everything.
 func (r *e2e) waitSettled(durable string) {
 	r.t.Helper()
-	ct.Eventually(r.t, converge, ct.Settled(r.js, durable))
+	testproc.Eventually(r.t, converge, ct.Settled(r.js, durable))
 }
 
 // TestEndToEndLifecycle: users created, re-quota'd, renamed, moved to
@@ -269,7 +270,7 @@ func TestEndToEndBadRowsDeadLettered(t *testing.T) {
 	// the user to rename has a mailbox (before that, with only the
 	// rename in the state stream, the user would adopt the directory as
 	// an insert does).
-	ct.Eventually(t, converge, func() string { return checkMailbox(r.root, good[0]) })
+	testproc.Eventually(t, converge, func() string { return checkMailbox(r.root, good[0]) })
 	taken := filepath.Join(r.root, "example.org/taken/Maildir/new")
 	if err := os.MkdirAll(taken, 0o700); err != nil {
 		t.Fatal(err)
@@ -284,7 +285,7 @@ func TestEndToEndBadRowsDeadLettered(t *testing.T) {
 	}
 
 	wantDead := len(bad) + 1
-	ct.Eventually(t, converge, func() string {
+	testproc.Eventually(t, converge, func() string {
 		if n := ct.CountDeadLetters(r.js); n != wantDead {
 			return fmt.Sprintf("%d dead letters, want %d", n, wantDead)
 		}

@@ -1,7 +1,6 @@
 package mailstore_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -25,6 +23,7 @@ import (
 	ct "github.com/herald-cdc/herald/consumers/internal/consumertest"
 	"github.com/herald-cdc/herald/consumers/mailstore"
 	"github.com/herald-cdc/herald/internal/pgtest"
+	"github.com/herald-cdc/herald/internal/testproc"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -78,26 +77,17 @@ func del(ver int64, u user) *change.Envelope {
 
 // logBuffer collects log output for assertions, and copies it to t.Log.
 type logBuffer struct {
-	t  testing.TB
-	mu sync.Mutex
-	b  bytes.Buffer
+	t testing.TB
+	testproc.Buffer
 }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.b.Write(p)
-	l.mu.Unlock()
+	_, _ = l.Buffer.Write(p)
 	func() {
 		defer func() { _ = recover() }() // a line after the test ended
 		l.t.Log(strings.TrimRight(string(p), "\n"))
 	}()
 	return len(p), nil
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // newStore opens a Store on cfg (Root defaulting to a fresh directory,

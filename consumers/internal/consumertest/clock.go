@@ -1,7 +1,7 @@
 // Package consumertest helps the tests of Herald's consumers: a data stream
 // created the way the bridge creates it, envelopes published the way the
-// bridge publishes them, a manual clock for the quiet period, metric reads
-// and condition polling.
+// bridge publishes them, a manual clock for the quiet period, and metric
+// reads. Conditions are polled with internal/testproc.
 package consumertest
 
 import (

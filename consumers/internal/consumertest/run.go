@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herald-cdc/herald/consumers"
+	"github.com/herald-cdc/herald/internal/testproc"
 )
 
 // Wait bounds every wait of the consumer tests.
@@ -84,7 +85,7 @@ func (r *Running) Metric(t testing.TB, name string, labels ...string) float64 {
 // WaitMetric waits until a metric equals want.
 func (r *Running) WaitMetric(t testing.TB, name string, want float64, labels ...string) {
 	t.Helper()
-	Eventually(t, Wait, func() string {
+	testproc.Eventually(t, Wait, func() string {
 		if got := r.Metric(t, name, labels...); got != want {
 			return fmt.Sprintf("%s = %v, want %v", name, got, want)
 		}
@@ -96,7 +97,7 @@ func (r *Running) WaitMetric(t testing.TB, name string, want float64, labels ...
 // publishes next is not part of its bootstrap.
 func (r *Running) WaitReady(t testing.TB) {
 	t.Helper()
-	Eventually(t, Wait, func() string {
+	testproc.Eventually(t, Wait, func() string {
 		if err := r.C.Ready(); err != nil {
 			return "not ready: " + err.Error()
 		}

@@ -117,27 +117,6 @@ func PublishMsg(t testing.TB, js jetstream.JetStream, m *nats.Msg) {
 	}
 }
 
-// Eventually polls cond until it returns "" (done) or the deadline passes,
-// then fails with cond's last answer.
-func Eventually(t testing.TB, d time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	wait := time.Millisecond
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %s", d, msg)
-		}
-		time.Sleep(wait)
-		if wait < 50*time.Millisecond {
-			wait *= 2
-		}
-	}
-}
-
 // Metric returns the value of a counter or gauge, summed over the series
 // whose labels include labels ("name=value" pairs); 0 if there is none.
 func Metric(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
@@ -232,7 +211,7 @@ func AckPending(js jetstream.JetStream, durable string) (ackPending int, pending
 	return info.NumAckPending, info.NumPending, nil
 }
 
-// Settled is an Eventually condition: the consumer has nothing pending or
+// Settled is a testproc.Eventually condition: the consumer has nothing pending or
 // unacknowledged.
 func Settled(js jetstream.JetStream, durable string) func() string {
 	return func() string {
