@@ -191,28 +191,3 @@ func TestCLIFlow(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	requireOneLineError(t, herald(t, dsn, "unwatch", "__cmdb"), "not watched")
 }
-
-// TestBenchCaptureTiny keeps the capture benchmark working: a tiny run,
-// numbers reported, none asserted.
-func TestBenchCaptureTiny(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "capture.json")
-	r := herald(t, "", "bench", "capture", "--clients", "2", "--duration", "1s", "--variants", "herald,seed-notify", "--json", out)
-	require.Equal(t, 0, r.code, r.stderr+r.stdout)
-	var rep struct {
-		Results []struct {
-			Variant string  `json:"variant"`
-			Clients int     `json:"clients"`
-			TPS     float64 `json:"tps"`
-		} `json:"results"`
-	}
-	b, err := os.ReadFile(out)
-	require.NoError(t, err)
-	require.NoError(t, json.Unmarshal(b, &rep))
-	var names []string
-	for _, res := range rep.Results {
-		names = append(names, res.Variant)
-		require.Equal(t, 2, res.Clients)
-		require.Positive(t, res.TPS, "pgbench reported a rate for %s", res.Variant)
-	}
-	require.Equal(t, []string{"plain", "herald", "seed-notify"}, names)
-}
