@@ -39,7 +39,7 @@ func init() {
 		{"backfill", "log the current state of every row of a watched table: herald backfill TABLE", runBackfill},
 		{"status", "watched tables, drift, backlog, gate and the active bridge", runStatus},
 		{"dev", "run the whole stack on this machine: PostgreSQL, NATS, bridge, filesync, mailstore", runDev},
-		{"bench", "benchmarks on a throwaway PostgreSQL: herald bench capture", runBench},
+		{"bench", "benchmarks on a throwaway PostgreSQL and NATS: herald bench capture|drain|latency|sustained|plot", runBench},
 	}
 }
 
