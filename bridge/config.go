@@ -57,6 +57,11 @@ type Config struct {
 	// than one atomic batch (default 16): an atomic commit costs about 2 ms
 	// whatever its size, a single publish a fraction of one.
 	SmallBatch int
+	// InFlight is how many batches may be published at once, without
+	// waiting for an earlier one's ack, while the gate is open (default 4;
+	// batches in the air never share a subject). While the bridge polls,
+	// one batch is published while the next is read.
+	InFlight int
 	// PollInterval is the safety poll: the longest a change can wait if a
 	// wake-up was missed (default 1s).
 	PollInterval time.Duration
@@ -70,7 +75,7 @@ type Config struct {
 	// NOTIFY after it.
 	GateLease time.Duration
 	// CloseRate is the change rate (per second) at which the bridge closes
-	// the gate and polls instead (default 1000).
+	// the gate and polls instead (default 2000).
 	CloseRate float64
 	// OpenRate is the rate below which, held for ReopenAfter, the bridge
 	// opens the gate again (default 200, 2s).
@@ -147,8 +152,11 @@ func (c *Config) setDefaults() {
 	if c.GateLease == 0 {
 		c.GateLease = 10 * time.Second
 	}
+	if c.InFlight == 0 {
+		c.InFlight = 4
+	}
 	if c.CloseRate == 0 {
-		c.CloseRate = 1000
+		c.CloseRate = 2000
 	}
 	if c.OpenRate == 0 {
 		c.OpenRate = 200
@@ -188,6 +196,7 @@ func (c *Config) Validate() error {
 	check(c.Replicas >= 1 && c.Replicas <= 5, "replicas (HERALD_STREAM_REPLICAS) must be 1 to 5, got %d", c.Replicas)
 	check(c.BatchSize >= 1 && c.BatchSize <= maxAtomicBatch, "batch size (HERALD_BATCH_SIZE) must be 1 to %d, got %d", maxAtomicBatch, c.BatchSize)
 	check(c.SmallBatch >= 1 && c.SmallBatch <= c.BatchSize, "small batch (HERALD_SMALL_BATCH) must be 1 to the batch size, got %d", c.SmallBatch)
+	check(c.InFlight >= 1 && c.InFlight <= 64, "batches in flight (HERALD_IN_FLIGHT) must be 1 to 64, got %d", c.InFlight)
 	check(c.PollInterval > 0, "poll interval (HERALD_POLL_INTERVAL) must be positive")
 	check(c.PublishTimeout > 0, "publish timeout (HERALD_PUBLISH_TIMEOUT) must be positive")
 	check(c.GateLease >= 100*time.Millisecond, "gate lease (HERALD_GATE_LEASE) must be at least 100ms, got %s", c.GateLease)

@@ -61,8 +61,10 @@ type drainer struct {
 	nextSafety  time.Time
 	nextStats   time.Time
 
-	toDelete   []int64 // acknowledged, deleted with the next read
-	recovering bool    // a publish outcome is unknown: check stored versions first
+	toDelete   []int64   // acknowledged, deleted with the next read
+	recovering bool      // a publish outcome is unknown: check stored versions first
+	flights    []*flight // batches being published while the next is read
+	landed     chan struct{}
 	maxPayload int64
 	stream     jetstream.Stream
 }
@@ -72,6 +74,7 @@ func newDrainer(b *Bridge, conn *pgx.Conn, source string, epoch int64) *drainer 
 		b: b, cfg: b.cfg, conn: conn, log: b.log, m: b.m, source: source, epoch: epoch,
 		gate:       newRateGate(b.cfg.CloseRate, b.cfg.OpenRate, b.cfg.ReopenAfter),
 		recovering: true, // after a (re)start the last run may have died between ack and delete
+		landed:     make(chan struct{}, 1),
 	}
 }
 
@@ -156,10 +159,7 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 		deadline = minTime(deadline, d.nextRecheck)
 	}
 	deadline = minTime(deadline, d.nextStats)
-	wctx, cancel := context.WithDeadline(ctx, deadline)
-	_, err := d.conn.WaitForNotification(wctx)
-	timedOut := wctx.Err() != nil
-	cancel()
+	timedOut, landed, err := d.sleep(ctx, deadline)
 	switch {
 	case err == nil:
 		return true, "notify", nil
@@ -185,10 +185,43 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 	if !now.Before(d.nextSafety) {
 		return true, "safety", nil
 	}
+	if landed {
+		// A batch was acknowledged (its ids wait to be deleted) or failed
+		// (it needs publishing again).
+		return true, "landed", nil
+	}
 	if !d.gateOpen {
 		return true, "poll", nil
 	}
 	return false, "", nil
+}
+
+// sleep waits on the connection for a notification until deadline, or
+// until a batch in flight lands. timedOut is true when the wait ended by the
+// deadline or by a landing rather than by the connection.
+func (d *drainer) sleep(ctx context.Context, deadline time.Time) (timedOut, landed bool, err error) {
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if len(d.flights) == 0 {
+		_, err = d.conn.WaitForNotification(wctx)
+		return wctx.Err() != nil, false, err
+	}
+	stop := make(chan struct{})
+	woke := make(chan bool, 1)
+	go func() {
+		select {
+		case <-d.landed:
+			cancel()
+			woke <- true
+		case <-stop:
+			woke <- false
+		}
+	}()
+	_, err = d.conn.WaitForNotification(wctx)
+	timedOut = wctx.Err() != nil
+	close(stop)
+	landed = <-woke
+	return timedOut, landed, err
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -293,6 +326,13 @@ func (d *drainer) refreshStats(ctx context.Context) {
 // shutdown deletes what was acknowledged and closes the gate, so writers
 // stop paying for NOTIFY at once rather than when the lease runs out.
 func (d *drainer) shutdown(ctx context.Context) error {
+	// Flights have their own deadlines: wait for them, so what they got
+	// acknowledged is deleted now rather than checked by the next leader.
+	for _, f := range d.flights {
+		<-f.done
+		d.settle(f.acked)
+	}
+	d.flights = nil
 	cctx, cancel := opCtx(ctx, 5*time.Second)
 	defer cancel()
 	if len(d.toDelete) > 0 {
@@ -311,10 +351,18 @@ func (d *drainer) shutdown(ctx context.Context) error {
 	return nil
 }
 
-// drainOnce deletes the previous batch's acknowledged ids and reads the
-// next batch in one round trip, then publishes it; it returns how many
-// changes it published.
+// drainOnce deletes the acknowledged ids and reads the next batch in one
+// round trip, then publishes it; it returns how many changes it read.
+//
+// Reads overlap publishing: a batch is handed to a flight, published in the
+// background, while the loop reads the next one. Flights in the air never
+// share a subject, so a failed one can never let a later change of its key
+// be stored first; a batch that shares a subject with one in flight, holds
+// a truncate, or is read while recovering waits for every flight to land.
 func (d *drainer) drainOnce(ctx context.Context) (int, error) {
+	if err := d.reap(ctx, false); err != nil {
+		return 0, err
+	}
 	rows, err := d.fetch(ctx)
 	if err != nil {
 		return 0, err
@@ -327,10 +375,149 @@ func (d *drainer) drainOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := d.publishWithRetry(ctx, msgs); err != nil {
-		return 0, err
+	if !d.canFly(msgs) {
+		if err := d.reap(ctx, true); err != nil {
+			return 0, err
+		}
 	}
+	if d.recovering {
+		if err := d.publishWithRetry(ctx, msgs); err != nil {
+			return 0, err
+		}
+		return len(rows), nil
+	}
+	d.launch(ctx, msgs)
 	return len(rows), nil
+}
+
+// flight is a batch being published in the background.
+type flight struct {
+	msgs     []outMsg
+	subjects map[string]struct{}
+	done     chan struct{}
+	// Set before done is closed.
+	acked []outMsg
+	left  []outMsg
+	err   error
+}
+
+// inFlightLimit is how many batches may be in the air at once. With the
+// gate open the rate is low and a change should not wait for an earlier
+// one's ack; while polling, batches go one after another (the next is read
+// meanwhile), so they stay large and the server's per-batch work small.
+func (d *drainer) inFlightLimit() int {
+	if d.gateOpen {
+		return d.cfg.InFlight
+	}
+	return 1
+}
+
+// canFly reports whether msgs may be published while the current flights
+// are in the air.
+func (d *drainer) canFly(msgs []outMsg) bool {
+	if len(d.flights) == 0 {
+		return true
+	}
+	if d.recovering || len(d.flights) >= d.inFlightLimit() {
+		return false
+	}
+	for _, m := range msgs {
+		if m.op == change.OpTruncate {
+			return false // its purge must follow everything older
+		}
+		for _, f := range d.flights {
+			if _, ok := f.subjects[m.msg.Subject]; ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// launch publishes msgs in the background. The flight touches NATS only;
+// what it acknowledged is settled by reap, on the drain loop.
+func (d *drainer) launch(ctx context.Context, msgs []outMsg) {
+	f := &flight{msgs: msgs, subjects: make(map[string]struct{}, len(msgs)), done: make(chan struct{})}
+	for _, m := range msgs {
+		f.subjects[m.msg.Subject] = struct{}{}
+	}
+	d.flights = append(d.flights, f)
+	d.m.inFlight.Set(float64(len(d.flights)))
+	go func() {
+		var s sink
+		f.left, f.err = d.publish(ctx, msgs, &s)
+		f.acked = s.msgs
+		close(f.done)
+		select {
+		case d.landed <- struct{}{}:
+		default:
+		}
+	}()
+}
+
+// reap settles the flights that have landed (all of them, waiting, when
+// all is set): acknowledged ids go to toDelete. If one failed, it waits for
+// the rest, then publishes what was not acknowledged again, in recovery.
+func (d *drainer) reap(ctx context.Context, all bool) error {
+	select {
+	case <-d.landed:
+	default:
+	}
+	for _, f := range d.flights {
+		if landed(f) && f.err != nil {
+			all = true
+		}
+	}
+	var left []outMsg
+	var firstErr error
+	keep := d.flights[:0]
+	for _, f := range d.flights {
+		if all {
+			<-f.done
+		} else if !landed(f) {
+			keep = append(keep, f)
+			continue
+		}
+		d.settle(f.acked)
+		if f.err != nil {
+			left = append(left, f.left...)
+			if firstErr == nil {
+				firstErr = f.err
+			}
+		}
+	}
+	clear(d.flights[len(keep):])
+	d.flights = keep
+	d.m.inFlight.Set(float64(len(d.flights)))
+	if firstErr == nil {
+		return nil
+	}
+	d.m.publishErrors.Inc()
+	d.log.Warn("publishing failed; nothing deleted, retrying", "err", firstErr, "pending", len(left))
+	d.recovering = true // the outcome of what was in flight is unknown
+	return d.publishWithRetry(ctx, left)
+}
+
+func landed(f *flight) bool {
+	select {
+	case <-f.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// sink collects what a publish got acknowledged.
+type sink struct{ msgs []outMsg }
+
+func (s *sink) add(ms ...outMsg) { s.msgs = append(s.msgs, ms...) }
+
+// settle marks acknowledged messages for deletion with the next read.
+func (d *drainer) settle(ms []outMsg) {
+	for _, m := range ms {
+		d.toDelete = append(d.toDelete, m.id)
+	}
+	d.m.published.Add(float64(len(ms)))
 }
 
 func (d *drainer) fetch(ctx context.Context) ([]logRow, error) {
@@ -341,7 +528,13 @@ func (d *drainer) fetch(ctx context.Context) ([]logRow, error) {
 		batch.Queue(schema.Query("drain_delete"), d.toDelete)
 	}
 	limit := d.maxPayload - envelopeOverhead
-	batch.Queue(schema.Query("drain_fetch"), d.cfg.BatchSize, limit)
+	flying := []int64{} // not nil: <> ALL(NULL) matches nothing
+	for _, f := range d.flights {
+		for _, m := range f.msgs {
+			flying = append(flying, m.id)
+		}
+	}
+	batch.Queue(schema.Query("drain_fetch"), d.cfg.BatchSize, limit, flying)
 	res := d.conn.SendBatch(cctx, batch)
 	if len(d.toDelete) > 0 {
 		if _, err := res.Exec(); err != nil {
@@ -467,7 +660,9 @@ func (d *drainer) publishWithRetry(ctx context.Context, msgs []outMsg) error {
 			pending, err = d.skipStored(ctx, pending)
 		}
 		if err == nil {
-			pending, err = d.publish(ctx, pending)
+			var s sink
+			pending, err = d.publish(ctx, pending, &s)
+			d.settle(s.msgs)
 		}
 		if err == nil {
 			if attempt > 0 {
@@ -499,7 +694,7 @@ func (d *drainer) publishWithRetry(ctx context.Context, msgs []outMsg) error {
 // publish sends msgs in order and returns those not acknowledged, in
 // order. Truncates go alone, followed by a purge of the table's older
 // messages.
-func (d *drainer) publish(ctx context.Context, msgs []outMsg) ([]outMsg, error) {
+func (d *drainer) publish(ctx context.Context, msgs []outMsg, s *sink) ([]outMsg, error) {
 	for len(msgs) > 0 {
 		n := len(msgs)
 		for i, m := range msgs {
@@ -513,13 +708,13 @@ func (d *drainer) publish(ctx context.Context, msgs []outMsg) ([]outMsg, error) 
 		var err error
 		switch {
 		case seg[0].op == change.OpTruncate:
-			if err = d.publishTruncate(ctx, seg[0]); err != nil {
+			if err = d.publishTruncate(ctx, seg[0], s); err != nil {
 				left = seg
 			}
 		case len(seg) <= d.cfg.SmallBatch:
-			left, err = d.publishAsync(ctx, seg)
+			left, err = d.publishAsync(seg, s)
 		default:
-			left, err = d.publishAtomic(ctx, seg)
+			left, err = d.publishAtomic(ctx, seg, s)
 		}
 		if err != nil {
 			rest := make([]outMsg, 0, len(left)+len(msgs)-n)
@@ -531,17 +726,10 @@ func (d *drainer) publish(ctx context.Context, msgs []outMsg) ([]outMsg, error) 
 	return nil, nil
 }
 
-func (d *drainer) acked(ms []outMsg) {
-	for _, m := range ms {
-		d.toDelete = append(d.toDelete, m.id)
-	}
-	d.m.published.Add(float64(len(ms)))
-}
-
 // publishAsync publishes in waves with at most one unacknowledged message
 // per subject, so a failed publish never lets a later change of its key be
 // stored first. It returns the messages not acknowledged, in order.
-func (d *drainer) publishAsync(ctx context.Context, msgs []outMsg) ([]outMsg, error) {
+func (d *drainer) publishAsync(msgs []outMsg, s *sink) ([]outMsg, error) {
 	for len(msgs) > 0 {
 		seen := map[string]bool{}
 		wave := msgs
@@ -583,7 +771,7 @@ func (d *drainer) publishAsync(ctx context.Context, msgs []outMsg) ([]outMsg, er
 		d.m.publishSeconds.WithLabelValues("async").Observe(time.Since(start).Seconds())
 		d.m.batches.WithLabelValues("async").Inc()
 		if err == nil {
-			d.acked(wave)
+			s.add(wave...)
 			msgs = msgs[len(wave):]
 			continue
 		}
@@ -600,7 +788,7 @@ func (d *drainer) publishAsync(ctx context.Context, msgs []outMsg) ([]outMsg, er
 				}
 			}
 			if ok {
-				d.acked([]outMsg{m})
+				s.add(m)
 			} else {
 				left = append(left, m)
 			}
@@ -615,7 +803,7 @@ func (d *drainer) publishAsync(ctx context.Context, msgs []outMsg) ([]outMsg, er
 // all, one fsync for all. A batch holding a message id already in the
 // duplicate window (a crash between ack and delete) is rejected whole; it
 // is then published message by message, deduplicated, in order.
-func (d *drainer) publishAtomic(ctx context.Context, seg []outMsg) ([]outMsg, error) {
+func (d *drainer) publishAtomic(ctx context.Context, seg []outMsg, s *sink) ([]outMsg, error) {
 	for len(seg) > 0 {
 		n := min(len(seg), maxAtomicBatch)
 		chunk := seg[:n]
@@ -630,7 +818,7 @@ func (d *drainer) publishAtomic(ctx context.Context, seg []outMsg) ([]outMsg, er
 		if err != nil && apiErrorCode(err) == jetstreamext.JSErrCodeBatchPublishDuplicateMsgID {
 			d.log.Info("batch holds an already stored change; publishing it message by message", "size", n)
 			for i, m := range chunk {
-				if err := d.publishOne(ctx, m, "single"); err != nil {
+				if err := d.publishOne(ctx, m, "single", s); err != nil {
 					return seg[i:], err
 				}
 			}
@@ -639,7 +827,7 @@ func (d *drainer) publishAtomic(ctx context.Context, seg []outMsg) ([]outMsg, er
 		} else {
 			d.m.publishSeconds.WithLabelValues("atomic").Observe(time.Since(start).Seconds())
 			d.m.batches.WithLabelValues("atomic").Inc()
-			d.acked(chunk)
+			s.add(chunk...)
 		}
 		seg = seg[n:]
 	}
@@ -647,7 +835,7 @@ func (d *drainer) publishAtomic(ctx context.Context, seg []outMsg) ([]outMsg, er
 }
 
 // publishOne publishes one message and waits for its acknowledgement.
-func (d *drainer) publishOne(ctx context.Context, m outMsg, kind string) error {
+func (d *drainer) publishOne(ctx context.Context, m outMsg, kind string, s *sink) error {
 	cctx, cancel := opCtx(ctx, d.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
@@ -656,14 +844,14 @@ func (d *drainer) publishOne(ctx context.Context, m outMsg, kind string) error {
 	}
 	d.m.publishSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 	d.m.batches.WithLabelValues(kind).Inc()
-	d.acked([]outMsg{m})
+	s.add(m)
 	return nil
 }
 
 // publishTruncate publishes a TRUNCATE and then purges the table's older
 // messages, so a consumer bootstrapping later does not bring truncated rows
 // back.
-func (d *drainer) publishTruncate(ctx context.Context, m outMsg) error {
+func (d *drainer) publishTruncate(ctx context.Context, m outMsg, s *sink) error {
 	cctx, cancel := opCtx(ctx, d.cfg.PublishTimeout)
 	defer cancel()
 	ack, err := d.b.js.PublishMsg(cctx, cleanMsg(m.msg))
@@ -674,7 +862,7 @@ func (d *drainer) publishTruncate(ctx context.Context, m outMsg) error {
 		return err
 	}
 	d.m.batches.WithLabelValues("single").Inc()
-	d.acked([]outMsg{m})
+	s.add(m)
 	return nil
 }
 

@@ -18,6 +18,7 @@ type metrics struct {
 	skipped        prometheus.Counter
 	purges         prometheus.Counter
 	publishErrors  prometheus.Counter
+	inFlight       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "herald_bridge_markers_total", Help: "Changes too large for a message, published as markers.",
 		}),
 		wakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "herald_bridge_wakeups_total", Help: "Drains started, by reason (notify, poll, safety, recheck, start).",
+			Name: "herald_bridge_wakeups_total", Help: "Drains started, by reason (notify, poll, safety, recheck, landed, more, start).",
 		}, []string{"reason"}),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_bridge_recovery_skipped_total", Help: "Changes not republished during recovery because their subject already held that version or a newer one.",
@@ -66,10 +67,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_bridge_publish_errors_total", Help: "Failed publish attempts (the batch is retried; nothing is deleted).",
 		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_bridge_batches_in_flight", Help: "Batches published and not yet acknowledged.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.batches, m.batchSize, m.publishSeconds, m.backlogRows, m.oldestSeconds,
-			m.leader, m.gateOpen, m.reconnects, m.markers, m.wakeups, m.skipped, m.purges, m.publishErrors)
+			m.leader, m.gateOpen, m.reconnects, m.markers, m.wakeups, m.skipped, m.purges, m.publishErrors,
+			m.inFlight)
 	}
 	return m
 }

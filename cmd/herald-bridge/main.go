@@ -37,11 +37,12 @@ type config struct {
 	DuplicateWindow  time.Duration `envconfig:"DUPLICATE_WINDOW" default:"2m" desc:"duplicate window of a stream the bridge creates"`
 	BatchSize        int           `envconfig:"BATCH_SIZE" default:"500" desc:"most changes read and published at once (at most 1000, the atomic batch limit)"`
 	SmallBatch       int           `envconfig:"SMALL_BATCH" default:"16" desc:"largest batch published as single async publishes; larger ones go as one atomic batch"`
+	InFlight         int           `envconfig:"IN_FLIGHT" default:"4" desc:"batches published at once without waiting for an earlier one's ack while NOTIFY is on (never two for one subject); while polling, one is published as the next is read"`
 	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" default:"1s" desc:"safety poll: the longest a change waits if a wake-up was missed"`
 	PollPause        time.Duration `envconfig:"POLL_PAUSE" default:"500us" desc:"pause after an empty drain while polling at high change rates"`
 	PublishTimeout   time.Duration `envconfig:"PUBLISH_TIMEOUT" default:"5s" desc:"longest wait for JetStream to acknowledge a publish"`
 	GateLease        time.Duration `envconfig:"GATE_LEASE" default:"10s" desc:"how long the wake-up gate stays open unrenewed: a dead bridge stops costing writers NOTIFY after it"`
-	GateCloseRate    float64       `envconfig:"GATE_CLOSE_RATE" default:"1000" desc:"changes per second at which the bridge stops NOTIFY and polls"`
+	GateCloseRate    float64       `envconfig:"GATE_CLOSE_RATE" default:"2000" desc:"changes per second at which the bridge stops NOTIFY and polls"`
 	GateOpenRate     float64       `envconfig:"GATE_OPEN_RATE" default:"200" desc:"changes per second below which (for HERALD_GATE_REOPEN_AFTER) NOTIFY resumes"`
 	GateReopenAfter  time.Duration `envconfig:"GATE_REOPEN_AFTER" default:"2s" desc:"how long the rate must stay low before NOTIFY resumes"`
 	NATSConnectWait  time.Duration `envconfig:"NATS_CONNECT_TIMEOUT" default:"30s" desc:"how long to wait at start for the first NATS connection before giving up"`
@@ -81,7 +82,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Source: cfg.Source, Prefix: cfg.SubjectPrefix, Stream: cfg.Stream, Preset: bridge.Preset(cfg.StreamPreset),
 		Replicas: cfg.StreamReplicas, MaxMsgsPerSubject: cfg.StreamMaxPerSubj, MaxAge: cfg.StreamMaxAge,
 		DeleteTTL: cfg.StreamDeleteTTL, MaxBytes: cfg.StreamMaxBytes, DuplicateWindow: cfg.DuplicateWindow,
-		BatchSize: cfg.BatchSize, SmallBatch: cfg.SmallBatch, PollInterval: cfg.PollInterval, PollPause: cfg.PollPause,
+		BatchSize: cfg.BatchSize, SmallBatch: cfg.SmallBatch, InFlight: cfg.InFlight, PollInterval: cfg.PollInterval, PollPause: cfg.PollPause,
 		PublishTimeout: cfg.PublishTimeout, GateLease: cfg.GateLease, CloseRate: cfg.GateCloseRate,
 		OpenRate: cfg.GateOpenRate, ReopenAfter: cfg.GateReopenAfter,
 	}

@@ -130,6 +130,7 @@ func benchBridge(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	batch := fs.Int("batch-size", 0, "HERALD_BATCH_SIZE (0: the bridge's default)")
 	small := fs.Int("small-batch", 0, "HERALD_SMALL_BATCH (0: the bridge's default)")
 	closeRate := fs.Float64("gate-close-rate", 0, "HERALD_GATE_CLOSE_RATE (0: the bridge's default)")
+	inFlight := fs.Int("in-flight", 0, "HERALD_IN_FLIGHT (0: the bridge's default)")
 	pollPause := fs.Duration("poll-pause", 0, "HERALD_POLL_PAUSE (0: the bridge's default)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bridge to this file")
 	statsOut := fs.String("stats", "", "on exit, write the bridge's metrics to this file as JSON")
@@ -151,7 +152,7 @@ func benchBridge(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer nc.Close()
 	reg := prometheus.NewRegistry()
-	b, err := bridge.New(*dsn, nc, bridge.Config{Source: "bench", BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, PollPause: *pollPause}, bridge.WithLogger(logger), bridge.WithRegisterer(reg))
+	b, err := bridge.New(*dsn, nc, bridge.Config{Source: "bench", BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause}, bridge.WithLogger(logger), bridge.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
@@ -488,22 +489,27 @@ type bridgeTuning struct {
 	BatchSize  int           `json:"batch_size"`      // HERALD_BATCH_SIZE
 	SmallBatch int           `json:"small_batch"`     // HERALD_SMALL_BATCH
 	CloseRate  float64       `json:"gate_close_rate"` // HERALD_GATE_CLOSE_RATE
+	InFlight   int           `json:"in_flight"`       // HERALD_IN_FLIGHT
 	PollPause  time.Duration `json:"poll_pause_ns"`   // HERALD_POLL_PAUSE
 }
 
-// registerBridgeFlags adds --bridge-batch-size and --bridge-small-batch.
+// registerBridgeFlags adds the --bridge-* flags.
 func registerBridgeFlags(fs *flag.FlagSet) func() (bridgeTuning, error) {
 	batch := fs.Int("bridge-batch-size", 500, "the bridge's HERALD_BATCH_SIZE: most changes read and published at once (1 to 1000)")
 	small := fs.Int("bridge-small-batch", 16, "the bridge's HERALD_SMALL_BATCH: largest batch published as async publishes rather than one atomic batch")
-	closeRate := fs.Float64("bridge-gate-close-rate", 1000, "the bridge's HERALD_GATE_CLOSE_RATE: changes per second at which it stops NOTIFY and polls")
+	closeRate := fs.Float64("bridge-gate-close-rate", 2000, "the bridge's HERALD_GATE_CLOSE_RATE: changes per second at which it stops NOTIFY and polls")
+	inFlight := fs.Int("bridge-in-flight", 4, "the bridge's HERALD_IN_FLIGHT: batches published at once while NOTIFY is on")
 	pollPause := fs.Duration("bridge-poll-pause", 500*time.Microsecond, "the bridge's HERALD_POLL_PAUSE: pause after an empty drain while polling")
 	return func() (bridgeTuning, error) {
-		t := bridgeTuning{BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, PollPause: *pollPause}
+		t := bridgeTuning{BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause}
 		if t.BatchSize < 1 || t.BatchSize > 1000 || t.SmallBatch < 1 || t.SmallBatch > t.BatchSize {
 			return t, usageError{"--bridge-batch-size must be 1 to 1000 and --bridge-small-batch 1 to the batch size"}
 		}
 		if t.CloseRate <= 200 || t.PollPause <= 0 {
 			return t, usageError{"--bridge-gate-close-rate must be above 200 (the reopen rate) and --bridge-poll-pause positive"}
+		}
+		if t.InFlight < 1 || t.InFlight > 64 {
+			return t, usageError{"--bridge-in-flight must be 1 to 64"}
 		}
 		return t, nil
 	}
@@ -524,6 +530,9 @@ func startBridgeProc(ctx context.Context, dsn, natsURL, cpuProfile string, tune 
 	}
 	if tune.CloseRate > 0 {
 		args = append(args, "--gate-close-rate", strconv.FormatFloat(tune.CloseRate, 'f', -1, 64))
+	}
+	if tune.InFlight > 0 {
+		args = append(args, "--in-flight", strconv.Itoa(tune.InFlight))
 	}
 	if tune.PollPause > 0 {
 		args = append(args, "--poll-pause", tune.PollPause.String())
