@@ -101,6 +101,9 @@ type Hooks struct {
 	// just after the transactions that may have read it closed were listed.
 	BeforeGateOpen func()
 	AfterGateOpen  func()
+	// BeforeFlight runs in a flight's goroutine before it publishes the
+	// changes with these log ids; blocking it holds the flight in the air.
+	BeforeFlight func(ids []int64)
 }
 
 // maxAtomicBatch is the server's default limit of messages per atomic batch.

@@ -64,6 +64,7 @@ type drainer struct {
 	toDelete   []int64   // acknowledged, deleted with the next read
 	recovering bool      // a publish outcome is unknown: check stored versions first
 	flights    []*flight // batches being published while the next is read
+	backlogged bool      // the last read was a full batch
 	landed     chan struct{}
 	maxPayload int64
 	stream     jetstream.Stream
@@ -360,14 +361,24 @@ func (d *drainer) shutdown(ctx context.Context) error {
 // be stored first; a batch that shares a subject with one in flight, holds
 // a truncate, or is read while recovering waits for every flight to land.
 func (d *drainer) drainOnce(ctx context.Context) (int, error) {
-	if err := d.reap(ctx, false); err != nil {
+	// Polling without a backlog, the next read waits for the batch in the
+	// air: read right after a launch, it would hold only what arrived in a
+	// fraction of a millisecond, and batch after batch would shrink to a few
+	// changes, each costing the server as much as a large one.
+	wait := !d.gateOpen && !d.backlogged
+	if err := d.reap(ctx, wait); err != nil {
 		return 0, err
 	}
 	rows, err := d.fetch(ctx)
 	if err != nil {
 		return 0, err
 	}
+	d.backlogged = len(rows) == d.cfg.BatchSize
 	if len(rows) == 0 {
+		if len(d.flights) == 0 {
+			// The log is empty: whatever comes next was never published.
+			d.recovering = false
+		}
 		return 0, nil
 	}
 	d.m.batchSize.Observe(float64(len(rows)))
@@ -403,8 +414,9 @@ type flight struct {
 
 // inFlightLimit is how many batches may be in the air at once. With the
 // gate open the rate is low and a change should not wait for an earlier
-// one's ack; while polling, batches go one after another (the next is read
-// meanwhile), so they stay large and the server's per-batch work small.
+// one's ack; while polling, batches go one after another (with a backlog,
+// the next is read meanwhile), so they stay large and the server's
+// per-batch work small.
 func (d *drainer) inFlightLimit() int {
 	if d.gateOpen {
 		return d.cfg.InFlight
@@ -444,6 +456,13 @@ func (d *drainer) launch(ctx context.Context, msgs []outMsg) {
 	d.flights = append(d.flights, f)
 	d.m.inFlight.Set(float64(len(d.flights)))
 	go func() {
+		if h := d.cfg.Hooks; h != nil && h.BeforeFlight != nil {
+			ids := make([]int64, len(msgs))
+			for i, m := range msgs {
+				ids[i] = m.id
+			}
+			h.BeforeFlight(ids)
+		}
 		var s sink
 		f.left, f.err = d.publish(ctx, msgs, &s)
 		f.acked = s.msgs

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -378,4 +379,54 @@ func TestUnencodableChangeBecomesMarker(t *testing.T) {
 	require.Nil(t, envs[0].New)
 	require.Nil(t, envs[1].Marker)
 	require.Equal(t, []string{"fine"}, envs[1].Key)
+}
+
+// TestFlightsKeepPerKeyOrder: while a change is in the air, a change of
+// another key is published without waiting for it, but a later change of
+// the same key waits until it has landed, so the stream holds each key's
+// changes in commit order.
+func TestFlightsKeepPerKeyOrder(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE fl (id int PRIMARY KEY, v int)`)
+	r.watch("fl")
+	release := make(chan struct{})
+	var held atomic.Bool
+	hooks := &bridge.Hooks{BeforeFlight: func([]int64) {
+		if held.CompareAndSwap(false, true) {
+			<-release // the first flight stays in the air
+		}
+	}}
+	r.runBridge(bridge.Config{Preset: bridge.PresetLog, PollInterval: time.Hour, Hooks: hooks})
+	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
+	defer func() {
+		if held.Load() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		}
+	}()
+
+	r.exec(`INSERT INTO fl VALUES (1, 1)`)
+	testproc.WaitFor(t, time.Minute, "the first change in the air", held.Load)
+	r.exec(`INSERT INTO fl VALUES (2, 1)`)
+	testproc.WaitFor(t, time.Minute, "key 2 stored while key 1 is in the air", func() bool {
+		return r.streamMsgCount("HERALD") == 1
+	})
+	r.exec(`UPDATE fl SET v = 2 WHERE id = 1`)
+	// Not waiting for an event: a flight wrongly launched beside the one in
+	// the air would land within this time and be stored first.
+	time.Sleep(time.Second)
+	close(release)
+	r.waitDrained("HERALD", 3, time.Minute)
+
+	var key1 []int64
+	for _, e := range envelopes(t, r.streamMsgs("HERALD")) {
+		if e.Key[0] == "1" {
+			key1 = append(key1, e.ID)
+		}
+	}
+	require.Len(t, key1, 2, "key 1's changes in the stream")
+	require.Less(t, key1[0], key1[1], "key 1's changes in commit order")
 }
