@@ -68,6 +68,11 @@ type Config struct {
 	// PollPause is how long the bridge pauses when a drain comes back empty
 	// while it polls at high rates (default 500µs).
 	PollPause time.Duration
+	// PollGather is, while polling without a backlog, the least time from
+	// one read to the next (default 10ms): changes gather meanwhile, so
+	// each batch is one atomic batch of many rather than many small
+	// publishes, each of which costs NATS an fsync. Negative: none.
+	PollGather time.Duration
 	// PublishTimeout bounds every publish (default 5s).
 	PublishTimeout time.Duration
 	// GateLease is how long an opened gate stays open without renewal
@@ -146,6 +151,9 @@ func (c *Config) setDefaults() {
 	if c.PollInterval == 0 {
 		c.PollInterval = time.Second
 	}
+	if c.PollGather == 0 {
+		c.PollGather = 10 * time.Millisecond
+	}
 	if c.PollPause == 0 {
 		c.PollPause = 500 * time.Microsecond
 	}
@@ -200,6 +208,7 @@ func (c *Config) Validate() error {
 	check(c.BatchSize >= 1 && c.BatchSize <= maxAtomicBatch, "batch size (HERALD_BATCH_SIZE) must be 1 to %d, got %d", maxAtomicBatch, c.BatchSize)
 	check(c.SmallBatch >= 1 && c.SmallBatch <= c.BatchSize, "small batch (HERALD_SMALL_BATCH) must be 1 to the batch size, got %d", c.SmallBatch)
 	check(c.InFlight >= 1 && c.InFlight <= 64, "batches in flight (HERALD_IN_FLIGHT) must be 1 to 64, got %d", c.InFlight)
+	check(c.PollGather <= time.Second, "poll gather (HERALD_POLL_GATHER) must be at most 1s, got %s", c.PollGather)
 	check(c.PollInterval > 0, "poll interval (HERALD_POLL_INTERVAL) must be positive")
 	check(c.PublishTimeout > 0, "publish timeout (HERALD_PUBLISH_TIMEOUT) must be positive")
 	check(c.GateLease >= 100*time.Millisecond, "gate lease (HERALD_GATE_LEASE) must be at least 100ms, got %s", c.GateLease)

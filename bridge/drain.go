@@ -65,6 +65,7 @@ type drainer struct {
 	recovering bool      // a publish outcome is unknown: check stored versions first
 	flights    []*flight // batches being published while the next is read
 	backlogged bool      // the last read was a full batch
+	lastRead   time.Time
 	landed     chan struct{}
 	maxPayload int64
 	stream     jetstream.Stream
@@ -133,7 +134,9 @@ func (d *drainer) run(ctx context.Context) (err error) {
 			d.refreshStats(ctx)
 			d.nextStats = now.Add(d.cfg.StatsInterval)
 		}
-		if wake {
+		// Polling without a backlog, the next read waits for changes to
+		// gather (PollGather).
+		if wake && (d.gateOpen || d.backlogged || d.cfg.PollGather < 0) {
 			continue
 		}
 		wake, reason, err = d.wait(ctx)
@@ -151,8 +154,9 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 	now := time.Now()
 	deadline := d.nextSafety
 	if !d.gateOpen {
-		// Polling: pause briefly after an empty drain.
-		deadline = minTime(deadline, now.Add(d.cfg.PollPause))
+		// Polling: pause briefly after an empty drain, and let changes
+		// gather for a while after the last read.
+		deadline = minTime(deadline, maxTime(now.Add(d.cfg.PollPause), d.lastRead.Add(d.cfg.PollGather)))
 	} else {
 		deadline = minTime(deadline, d.renewAt)
 	}
@@ -203,7 +207,9 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 func (d *drainer) sleep(ctx context.Context, deadline time.Time) (timedOut, landed bool, err error) {
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if len(d.flights) == 0 {
+	if len(d.flights) == 0 || !d.gateOpen {
+		// While polling, a landing waits for the next read: waking for it
+		// would read before changes had time to gather.
 		_, err = d.conn.WaitForNotification(wctx)
 		return wctx.Err() != nil, false, err
 	}
@@ -223,6 +229,13 @@ func (d *drainer) sleep(ctx context.Context, deadline time.Time) (timedOut, land
 	close(stop)
 	landed = <-woke
 	return timedOut, landed, err
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -369,6 +382,7 @@ func (d *drainer) drainOnce(ctx context.Context) (int, error) {
 	if err := d.reap(ctx, wait); err != nil {
 		return 0, err
 	}
+	d.lastRead = time.Now()
 	rows, err := d.fetch(ctx)
 	if err != nil {
 		return 0, err

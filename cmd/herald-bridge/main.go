@@ -40,6 +40,7 @@ type config struct {
 	InFlight         int           `envconfig:"IN_FLIGHT" default:"4" desc:"batches published at once without waiting for an earlier one's ack while NOTIFY is on (never two for one subject); while polling, one is published as the next is read"`
 	PollInterval     time.Duration `envconfig:"POLL_INTERVAL" default:"1s" desc:"safety poll: the longest a change waits if a wake-up was missed"`
 	PollPause        time.Duration `envconfig:"POLL_PAUSE" default:"500us" desc:"pause after an empty drain while polling at high change rates"`
+	PollGather       time.Duration `envconfig:"POLL_GATHER" default:"10ms" desc:"while polling without a backlog, least time between two reads, so changes gather into one atomic batch (negative: none)"`
 	PublishTimeout   time.Duration `envconfig:"PUBLISH_TIMEOUT" default:"5s" desc:"longest wait for JetStream to acknowledge a publish"`
 	GateLease        time.Duration `envconfig:"GATE_LEASE" default:"10s" desc:"how long the wake-up gate stays open unrenewed: a dead bridge stops costing writers NOTIFY after it"`
 	GateCloseRate    float64       `envconfig:"GATE_CLOSE_RATE" default:"2000" desc:"changes per second at which the bridge stops NOTIFY and polls"`
@@ -82,7 +83,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Source: cfg.Source, Prefix: cfg.SubjectPrefix, Stream: cfg.Stream, Preset: bridge.Preset(cfg.StreamPreset),
 		Replicas: cfg.StreamReplicas, MaxMsgsPerSubject: cfg.StreamMaxPerSubj, MaxAge: cfg.StreamMaxAge,
 		DeleteTTL: cfg.StreamDeleteTTL, MaxBytes: cfg.StreamMaxBytes, DuplicateWindow: cfg.DuplicateWindow,
-		BatchSize: cfg.BatchSize, SmallBatch: cfg.SmallBatch, InFlight: cfg.InFlight, PollInterval: cfg.PollInterval, PollPause: cfg.PollPause,
+		BatchSize: cfg.BatchSize, SmallBatch: cfg.SmallBatch, InFlight: cfg.InFlight, PollInterval: cfg.PollInterval, PollPause: cfg.PollPause, PollGather: cfg.PollGather,
 		PublishTimeout: cfg.PublishTimeout, GateLease: cfg.GateLease, CloseRate: cfg.GateCloseRate,
 		OpenRate: cfg.GateOpenRate, ReopenAfter: cfg.GateReopenAfter,
 	}

@@ -131,6 +131,7 @@ func benchBridge(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	small := fs.Int("small-batch", 0, "HERALD_SMALL_BATCH (0: the bridge's default)")
 	closeRate := fs.Float64("gate-close-rate", 0, "HERALD_GATE_CLOSE_RATE (0: the bridge's default)")
 	inFlight := fs.Int("in-flight", 0, "HERALD_IN_FLIGHT (0: the bridge's default)")
+	pollGather := fs.Duration("poll-gather", 0, "HERALD_POLL_GATHER (0: the bridge's default)")
 	pollPause := fs.Duration("poll-pause", 0, "HERALD_POLL_PAUSE (0: the bridge's default)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bridge to this file")
 	statsOut := fs.String("stats", "", "on exit, write the bridge's metrics to this file as JSON")
@@ -152,7 +153,7 @@ func benchBridge(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer nc.Close()
 	reg := prometheus.NewRegistry()
-	b, err := bridge.New(*dsn, nc, bridge.Config{Source: "bench", BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause}, bridge.WithLogger(logger), bridge.WithRegisterer(reg))
+	b, err := bridge.New(*dsn, nc, bridge.Config{Source: "bench", BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause, PollGather: *pollGather}, bridge.WithLogger(logger), bridge.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
@@ -490,6 +491,7 @@ type bridgeTuning struct {
 	SmallBatch int           `json:"small_batch"`     // HERALD_SMALL_BATCH
 	CloseRate  float64       `json:"gate_close_rate"` // HERALD_GATE_CLOSE_RATE
 	InFlight   int           `json:"in_flight"`       // HERALD_IN_FLIGHT
+	PollGather time.Duration `json:"poll_gather_ns"`  // HERALD_POLL_GATHER
 	PollPause  time.Duration `json:"poll_pause_ns"`   // HERALD_POLL_PAUSE
 }
 
@@ -499,9 +501,10 @@ func registerBridgeFlags(fs *flag.FlagSet) func() (bridgeTuning, error) {
 	small := fs.Int("bridge-small-batch", 16, "the bridge's HERALD_SMALL_BATCH: largest batch published as async publishes rather than one atomic batch")
 	closeRate := fs.Float64("bridge-gate-close-rate", 2000, "the bridge's HERALD_GATE_CLOSE_RATE: changes per second at which it stops NOTIFY and polls")
 	inFlight := fs.Int("bridge-in-flight", 4, "the bridge's HERALD_IN_FLIGHT: batches published at once while NOTIFY is on")
+	pollGather := fs.Duration("bridge-poll-gather", 10*time.Millisecond, "the bridge's HERALD_POLL_GATHER: while polling, least time between two reads (negative: none)")
 	pollPause := fs.Duration("bridge-poll-pause", 500*time.Microsecond, "the bridge's HERALD_POLL_PAUSE: pause after an empty drain while polling")
 	return func() (bridgeTuning, error) {
-		t := bridgeTuning{BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause}
+		t := bridgeTuning{BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause, PollGather: *pollGather}
 		if t.BatchSize < 1 || t.BatchSize > 1000 || t.SmallBatch < 1 || t.SmallBatch > t.BatchSize {
 			return t, usageError{"--bridge-batch-size must be 1 to 1000 and --bridge-small-batch 1 to the batch size"}
 		}
@@ -533,6 +536,9 @@ func startBridgeProc(ctx context.Context, dsn, natsURL, cpuProfile string, tune 
 	}
 	if tune.InFlight > 0 {
 		args = append(args, "--in-flight", strconv.Itoa(tune.InFlight))
+	}
+	if tune.PollGather != 0 {
+		args = append(args, "--poll-gather", tune.PollGather.String())
 	}
 	if tune.PollPause > 0 {
 		args = append(args, "--poll-pause", tune.PollPause.String())
