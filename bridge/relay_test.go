@@ -293,6 +293,8 @@ func TestInvalidConfig(t *testing.T) {
 		{BatchSize: 5000},
 		{Preset: "weird"},
 		{OpenRate: 2000, CloseRate: 1000},
+		{InFlight: 100},
+		{PollGather: time.Minute},
 	} {
 		err := c.Validate()
 		require.Error(t, err, "%+v", c)
