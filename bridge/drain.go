@@ -61,23 +61,38 @@ type drainer struct {
 	nextSafety  time.Time
 	nextStats   time.Time
 
-	toDelete   []int64   // acknowledged, deleted with the next read
-	recovering bool      // a publish outcome is unknown: check stored versions first
-	flights    []*flight // batches being published while the next is read
-	backlogged bool      // the last read was a full batch
-	lastRead   time.Time
-	landed     chan struct{}
-	maxPayload int64
-	stream     jetstream.Stream
+	toDelete   []int64 // acknowledged, deleted with the next read
+	recovering bool    // a publish outcome is unknown: check stored versions first
+	// recoverThrough is the highest log id when this leader took over. A
+	// previous leader may have published any change up to it (several
+	// batches, with flights) without deleting it, so every batch holding
+	// such an id is checked against the stream before publishing.
+	recoverThrough int64
+	flights        []*flight // batches being published while the next is read
+	backlogged     bool      // the last read was a full batch
+	lastRead       time.Time
+	landed         chan struct{}
+	maxPayload     int64
+	stream         jetstream.Stream
 }
 
 func newDrainer(b *Bridge, conn *pgx.Conn, source string, epoch int64) *drainer {
 	return &drainer{
 		b: b, cfg: b.cfg, conn: conn, log: b.log, m: b.m, source: source, epoch: epoch,
-		gate:       newRateGate(b.cfg.CloseRate, b.cfg.OpenRate, b.cfg.ReopenAfter),
-		recovering: true, // after a (re)start the last run may have died between ack and delete
-		landed:     make(chan struct{}, 1),
+		gate:   newRateGate(b.cfg.CloseRate, b.cfg.OpenRate, b.cfg.ReopenAfter),
+		landed: make(chan struct{}, 1),
 	}
+}
+
+// takeOver notes the highest log id: the previous leader, if any, may have
+// published changes up to it without deleting them.
+func (d *drainer) takeOver(ctx context.Context) error {
+	cctx, cancel := opCtx(ctx, pgTimeout)
+	defer cancel()
+	if err := d.conn.QueryRow(cctx, schema.Query("log_max_id")).Scan(&d.recoverThrough); err != nil {
+		return fmt.Errorf("reading the change log: %w", err)
+	}
+	return nil
 }
 
 // pgTimeout bounds each of the bridge's queries.
@@ -97,6 +112,9 @@ func (d *drainer) run(ctx context.Context) (err error) {
 		return fmt.Errorf("opening stream %s: %w", d.cfg.Stream, err)
 	}
 	d.stream = s
+	if err := d.takeOver(ctx); err != nil {
+		return err
+	}
 	defer func() {
 		if ferr := d.shutdown(ctx); ferr != nil && err == nil && ctx.Err() == nil {
 			err = ferr
@@ -165,6 +183,12 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 	}
 	deadline = minTime(deadline, d.nextStats)
 	timedOut, landed, err := d.sleep(ctx, deadline)
+	for err == nil && !d.gateOpen && time.Now().Before(deadline) {
+		// Polling: a notification (sent by a writer that read the gate
+		// before it closed, or queued since) needs no read of its own; the
+		// read at the deadline covers it.
+		timedOut, landed, err = d.sleep(ctx, deadline)
+	}
 	switch {
 	case err == nil:
 		return true, "notify", nil
@@ -389,16 +413,15 @@ func (d *drainer) drainOnce(ctx context.Context) (int, error) {
 	}
 	d.backlogged = len(rows) == d.cfg.BatchSize
 	if len(rows) == 0 {
-		if len(d.flights) == 0 {
-			// The log is empty: whatever comes next was never published.
-			d.recovering = false
-		}
 		return 0, nil
 	}
 	d.m.batchSize.Observe(float64(len(rows)))
 	msgs, err := d.build(rows)
 	if err != nil {
 		return 0, err
+	}
+	if rows[0].id <= d.recoverThrough {
+		d.recovering = true // a previous leader may have published these
 	}
 	if !d.canFly(msgs) {
 		if err := d.reap(ctx, true); err != nil {

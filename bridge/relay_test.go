@@ -432,3 +432,47 @@ func TestFlightsKeepPerKeyOrder(t *testing.T) {
 	require.Len(t, key1, 2, "key 1's changes in the stream")
 	require.Less(t, key1[0], key1[1], "key 1's changes in commit order")
 }
+
+// TestTakeoverSkipsWhatAnEarlierLeaderPublished: a leader that died after
+// publishing several batches, before deleting them, leaves changes in the
+// log that the stream already holds. The next leader, under another source
+// name (so JetStream's duplicate window cannot tell), stores none of them
+// again, however many of its batches they span.
+func TestTakeoverSkipsWhatAnEarlierLeaderPublished(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE tk (id int PRIMARY KEY, v int)`)
+	r.watch("tk")
+	r.exec(`INSERT INTO tk SELECT g, 0 FROM generate_series(1, 10) g`)
+
+	// What the earlier leader, "alpha", published of the log.
+	cfg := bridge.Config{Source: "alpha", Preset: bridge.PresetLog}
+	require.NoError(t, cfg.Validate())
+	_, err := bridge.EnsureStream(r.ctx, r.js, cfg)
+	require.NoError(t, err)
+	var epoch int64
+	var db string
+	require.NoError(t, r.pool.QueryRow(r.ctx, `SELECT epoch, current_database() FROM herald.install`).Scan(&epoch, &db))
+	rows, err := r.pool.Query(r.ctx, `SELECT id, txid::text::bigint, at, schema_name, table_name, op, key, new FROM herald.log ORDER BY id`)
+	require.NoError(t, err)
+	var published int
+	for rows.Next() {
+		e := &change.Envelope{V: change.EnvelopeVersion, Source: "alpha", Epoch: epoch}
+		var op string
+		require.NoError(t, rows.Scan(&e.ID, &e.TxID, &e.At, &e.Schema, &e.Table, &op, &e.Key, &e.New))
+		e.Op, e.At = change.Op(op), e.At.UTC()
+		m, err := change.NewMsg(cfg.Prefix, e)
+		require.NoError(t, err)
+		_, err = r.js.PublishMsg(r.ctx, m)
+		require.NoError(t, err)
+		published++
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, 10, published)
+
+	// The next leader reads the log two changes at a time.
+	r.runBridge(bridge.Config{Source: "beta", Preset: bridge.PresetLog, BatchSize: 2, SmallBatch: 1})
+	r.waitDrained("HERALD", 10, time.Minute)
+	for _, e := range envelopes(t, r.streamMsgs("HERALD")) {
+		require.Equal(t, "alpha", e.Source, "change %d stored again by the next leader", e.ID)
+	}
+}
