@@ -152,9 +152,10 @@ func (d *drainer) run(ctx context.Context) (err error) {
 			d.refreshStats(ctx)
 			d.nextStats = now.Add(d.cfg.StatsInterval)
 		}
-		// Polling without a backlog, the next read waits for changes to
-		// gather (PollGather).
-		if wake && (d.gateOpen || d.backlogged || d.cfg.PollGather < 0) {
+		// Read again at once only with a backlog. With the gate open, every
+		// change committed since the last read notifies; polling, the next
+		// read waits for changes to gather (PollGather).
+		if wake && (d.backlogged || (!d.gateOpen && d.cfg.PollGather < 0)) {
 			continue
 		}
 		wake, reason, err = d.wait(ctx)
