@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -71,7 +72,6 @@ type drainer struct {
 	flights        []*flight // batches being published while the next is read
 	backlogged     bool      // the last read was a full batch
 	lastRead       time.Time
-	landed         chan struct{}
 	maxPayload     int64
 	stream         jetstream.Stream
 }
@@ -79,8 +79,7 @@ type drainer struct {
 func newDrainer(b *Bridge, conn *pgx.Conn, source string, epoch int64) *drainer {
 	return &drainer{
 		b: b, cfg: b.cfg, conn: conn, log: b.log, m: b.m, source: source, epoch: epoch,
-		gate:   newRateGate(b.cfg.CloseRate, b.cfg.OpenRate, b.cfg.ReopenAfter),
-		landed: make(chan struct{}, 1),
+		gate: newRateGate(b.cfg.CloseRate, b.cfg.OpenRate, b.cfg.ReopenAfter),
 	}
 }
 
@@ -94,6 +93,11 @@ func (d *drainer) takeOver(ctx context.Context) error {
 	}
 	return nil
 }
+
+// settleAfter is how soon after going idle the bridge reads once more, to
+// settle the flights that landed since its last read and delete what they
+// got acknowledged (under load, every read does that on the way).
+const settleAfter = 20 * time.Millisecond
 
 // pgTimeout bounds each of the bridge's queries.
 const pgTimeout = 30 * time.Second
@@ -183,12 +187,18 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 		deadline = minTime(deadline, d.nextRecheck)
 	}
 	deadline = minTime(deadline, d.nextStats)
-	timedOut, landed, err := d.sleep(ctx, deadline)
+	settle := len(d.flights) > 0 || len(d.toDelete) > 0
+	if settle {
+		// Flights land, and acknowledged ids are deleted, with the next
+		// read; when no change comes to prompt one, this timer does.
+		deadline = minTime(deadline, now.Add(settleAfter))
+	}
+	timedOut, err := d.sleep(ctx, deadline)
 	for err == nil && !d.gateOpen && time.Now().Before(deadline) {
 		// Polling: a notification (sent by a writer that read the gate
 		// before it closed, or queued since) needs no read of its own; the
 		// read at the deadline covers it.
-		timedOut, landed, err = d.sleep(ctx, deadline)
+		timedOut, err = d.sleep(ctx, deadline)
 	}
 	switch {
 	case err == nil:
@@ -215,10 +225,8 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 	if !now.Before(d.nextSafety) {
 		return true, "safety", nil
 	}
-	if landed {
-		// A batch was acknowledged (its ids wait to be deleted) or failed
-		// (it needs publishing again).
-		return true, "landed", nil
+	if settle {
+		return true, "settle", nil
 	}
 	if !d.gateOpen {
 		return true, "poll", nil
@@ -226,34 +234,13 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 	return false, "", nil
 }
 
-// sleep waits on the connection for a notification until deadline, or
-// until a batch in flight lands. timedOut is true when the wait ended by the
-// deadline or by a landing rather than by the connection.
-func (d *drainer) sleep(ctx context.Context, deadline time.Time) (timedOut, landed bool, err error) {
+// sleep waits on the connection for a notification until deadline;
+// timedOut is true when the deadline ended it.
+func (d *drainer) sleep(ctx context.Context, deadline time.Time) (timedOut bool, err error) {
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if len(d.flights) == 0 || !d.gateOpen {
-		// While polling, a landing waits for the next read: waking for it
-		// would read before changes had time to gather.
-		_, err = d.conn.WaitForNotification(wctx)
-		return wctx.Err() != nil, false, err
-	}
-	stop := make(chan struct{})
-	woke := make(chan bool, 1)
-	go func() {
-		select {
-		case <-d.landed:
-			cancel()
-			woke <- true
-		case <-stop:
-			woke <- false
-		}
-	}()
 	_, err = d.conn.WaitForNotification(wctx)
-	timedOut = wctx.Err() != nil
-	close(stop)
-	landed = <-woke
-	return timedOut, landed, err
+	return wctx.Err() != nil, err
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -505,10 +492,6 @@ func (d *drainer) launch(ctx context.Context, msgs []outMsg) {
 		f.left, f.err = d.publish(ctx, msgs, &s)
 		f.acked = s.msgs
 		close(f.done)
-		select {
-		case d.landed <- struct{}{}:
-		default:
-		}
 	}()
 }
 
@@ -516,10 +499,6 @@ func (d *drainer) launch(ctx context.Context, msgs []outMsg) {
 // all is set): acknowledged ids go to toDelete. If one failed, it waits for
 // the rest, then publishes what was not acknowledged again, in recovery.
 func (d *drainer) reap(ctx context.Context, all bool) error {
-	select {
-	case <-d.landed:
-	default:
-	}
 	for _, f := range d.flights {
 		if landed(f) && f.err != nil {
 			all = true
@@ -585,13 +564,13 @@ func (d *drainer) fetch(ctx context.Context) ([]logRow, error) {
 		batch.Queue(schema.Query("drain_delete"), d.toDelete)
 	}
 	limit := d.maxPayload - envelopeOverhead
-	flying := []int64{} // not nil: <> ALL(NULL) matches nothing
+	var flying []int64
 	for _, f := range d.flights {
 		for _, m := range f.msgs {
 			flying = append(flying, m.id)
 		}
 	}
-	batch.Queue(schema.Query("drain_fetch"), d.cfg.BatchSize, limit, flying)
+	batch.Queue(schema.Query("drain_fetch"), d.cfg.BatchSize, limit, idRanges(flying))
 	res := d.conn.SendBatch(cctx, batch)
 	if len(d.toDelete) > 0 {
 		if _, err := res.Exec(); err != nil {
@@ -624,6 +603,33 @@ func (d *drainer) fetch(ctx context.Context) ([]logRow, error) {
 	}
 	d.toDelete = d.toDelete[:0]
 	return out, nil
+}
+
+// idRanges renders ids as an int8multirange literal, one range per run of
+// consecutive ids: "{[3,6),[9,10)}".
+func idRanges(ids []int64) string {
+	if len(ids) == 0 {
+		return "{}"
+	}
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	var b strings.Builder
+	b.WriteByte('{')
+	start := ids[0]
+	for i := 1; i <= len(ids); i++ {
+		if i < len(ids) && ids[i] <= ids[i-1]+1 {
+			continue
+		}
+		if b.Len() > 1 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "[%d,%d)", start, ids[i-1]+1)
+		if i < len(ids) {
+			start = ids[i]
+		}
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // markerUnencodable is the marker reason for a change that cannot be put

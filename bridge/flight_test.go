@@ -46,3 +46,18 @@ func TestCanFly(t *testing.T) {
 		})
 	}
 }
+
+func TestIDRanges(t *testing.T) {
+	for _, tt := range []struct {
+		ids  []int64
+		want string
+	}{
+		{nil, "{}"},
+		{[]int64{7}, "{[7,8)}"},
+		{[]int64{5, 3, 4}, "{[3,6)}"},
+		{[]int64{1, 2, 4, 9, 10, 11}, "{[1,3),[4,5),[9,12)}"},
+		{[]int64{2, 2, 3}, "{[2,4)}"},
+	} {
+		require.Equal(t, tt.want, idRanges(tt.ids), "%v", tt.ids)
+	}
+}

@@ -56,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "herald_bridge_markers_total", Help: "Changes too large for a message, published as markers.",
 		}),
 		wakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "herald_bridge_wakeups_total", Help: "Drains started, by reason (notify, poll, safety, recheck, landed, more, start).",
+			Name: "herald_bridge_wakeups_total", Help: "Drains started, by reason (notify, poll, safety, recheck, settle, more, start).",
 		}, []string{"reason"}),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_bridge_recovery_skipped_total", Help: "Changes not republished during recovery because their subject already held that version or a newer one.",
