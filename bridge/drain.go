@@ -225,11 +225,11 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 	if !now.Before(d.nextSafety) {
 		return true, "safety", nil
 	}
-	if settle {
-		return true, "settle", nil
-	}
 	if !d.gateOpen {
 		return true, "poll", nil
+	}
+	if settle {
+		return true, "settle", nil
 	}
 	return false, "", nil
 }
