@@ -18,6 +18,7 @@ const (
 	DefaultMaxDeliver    = 10
 	DefaultMaxAckPending = 1000
 	DefaultWorkers       = 4
+	DefaultMaxBatch      = 64
 )
 
 // DefaultBackoff is the delay before each retry of a retryable failure: the
@@ -96,6 +97,10 @@ type Config struct {
 	MaxAckPending int
 	// Workers is the number of keys applied in parallel (default 4).
 	Workers int
+	// MaxBatch bounds how many changes a worker hands a BatchHandler at
+	// once (default 64); 1 turns batching off, so Handle is called for
+	// every change. Ignored for a handler that is not a BatchHandler.
+	MaxBatch int
 	// Quiet is the per-key quiet period: a change is applied once its key
 	// has seen no newer change for this long, and the changes in between
 	// collapse into the newest. 0 (the default) applies every change at once.
@@ -134,6 +139,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Workers == 0 {
 		c.Workers = DefaultWorkers
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultMaxBatch
 	}
 	if err := validateName(c.Stream); err != nil {
 		return fmt.Errorf("consumer config: Stream %q: %w", c.Stream, err)
@@ -185,6 +193,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		return fmt.Errorf("consumer config: Workers %d: use 1 to 1024", c.Workers)
+	}
+	if c.MaxBatch < 1 || c.MaxBatch > 1024 {
+		return fmt.Errorf("consumer config: MaxBatch %d: use 1 (no batches) to 1024", c.MaxBatch)
 	}
 	if c.Quiet < 0 {
 		return fmt.Errorf("consumer config: Quiet %s is negative", c.Quiet)

@@ -29,6 +29,9 @@ func TestConfigValidate(t *testing.T) {
 		{"empty backoff", Config{Durable: "d", Backoff: []time.Duration{}}, "Backoff"},
 		{"bad max ack pending", Config{Durable: "d", MaxAckPending: -3}, "MaxAckPending"},
 		{"too many workers", Config{Durable: "d", Workers: 5000}, "Workers"},
+		{"negative max batch", Config{Durable: "d", MaxBatch: -1}, "MaxBatch"},
+		{"max batch too large", Config{Durable: "d", MaxBatch: 5000}, "MaxBatch"},
+		{"no batches", Config{Durable: "d", MaxBatch: 1}, ""},
 		{"negative quiet", Config{Durable: "d", Quiet: -time.Second}, "Quiet"},
 		{"quiet too long", Config{Durable: "d", Quiet: 20 * time.Second}, "Quiet"},
 		{"quiet fits", Config{Durable: "d", Quiet: 5 * time.Second}, ""},
@@ -59,7 +62,7 @@ func TestConfigDefaults(t *testing.T) {
 	if cfg.Stream != "HERALD" || cfg.Prefix != "herald" || cfg.DLQStream != "HERALD_DLQ" ||
 		cfg.AckWait != DefaultAckWait || cfg.MaxDeliver != DefaultMaxDeliver || cfg.Workers != DefaultWorkers ||
 		cfg.MaxAckPending != DefaultMaxAckPending || len(cfg.Backoff) != len(DefaultBackoff) ||
-		cfg.DeliverPolicy != DeliverLastPerSubject {
+		cfg.DeliverPolicy != DeliverLastPerSubject || cfg.MaxBatch != DefaultMaxBatch {
 		t.Fatalf("defaults not filled in: %+v", cfg)
 	}
 	if len(cfg.FilterSubjects) != 1 || cfg.FilterSubjects[0] != "herald.>" {

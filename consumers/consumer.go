@@ -53,6 +53,7 @@ type Consumer struct {
 	js         jetstream.JetStream
 	cfg        Config
 	h          Handler
+	bh         BatchHandler // h, when it takes batches and MaxBatch > 1
 	guard      Guard
 	log        *slog.Logger
 	clock      Clock
@@ -122,10 +123,15 @@ func New(js jetstream.JetStream, cfg Config, h Handler, opts ...Option) (*Consum
 	if cfg.MaxAckPending > 0 && cfg.MaxAckPending < batch {
 		batch = cfg.MaxAckPending
 	}
+	var bh BatchHandler
+	if b, ok := h.(BatchHandler); ok && cfg.MaxBatch > 1 {
+		bh = b
+	}
 	return &Consumer{
 		js:         js,
 		cfg:        cfg,
 		h:          h,
+		bh:         bh,
 		guard:      o.guard,
 		log:        o.logger.With("consumer", cfg.Durable),
 		clock:      o.clock,
@@ -458,6 +464,114 @@ func (c *Consumer) apply(m jetstream.Msg, e *change.Envelope, superseded []jetst
 		return
 	}
 	c.fail(log, m, superseded, err)
+}
+
+// applyReady applies changes of distinct keys: one by one with Handle, or in
+// batches of at most MaxBatch with a BatchHandler.
+func (c *Consumer) applyReady(rs []ready) {
+	if c.bh == nil {
+		for _, r := range rs {
+			c.apply(r.msg, r.env, r.superseded)
+		}
+		return
+	}
+	for len(rs) > 0 {
+		n := min(len(rs), c.cfg.MaxBatch)
+		c.applyBatch(rs[:n])
+		rs = rs[n:]
+	}
+}
+
+// applyBatch is apply for a group of changes of distinct keys: the guard
+// runs for each, the handler once for those that are not stale, and each
+// change is then settled on its own, with the messages it superseded.
+func (c *Consumer) applyBatch(rs []ready) {
+	ctx, cancel := context.WithTimeout(c.base, c.cfg.AckWait)
+	defer cancel()
+
+	todo := make([]ready, 0, len(rs))
+	for _, r := range rs {
+		if len(r.superseded) > 0 {
+			// Restart their ack timers while the newest is applied (they
+			// may have waited in a quiet period).
+			for _, s := range r.superseded {
+				_ = s.InProgress()
+			}
+			_ = r.msg.InProgress()
+		}
+		if c.guard != nil {
+			v, ok, err := c.guard.Applied(ctx, r.env)
+			if err != nil {
+				c.fail(c.changeLog(r.msg, r.env), r.msg, r.superseded, fmt.Errorf("reading the applied version: %w", err))
+				continue
+			}
+			if ok && !v.Less(r.env.Version()) {
+				if c.log.Enabled(ctx, slog.LevelDebug) {
+					c.changeLog(r.msg, r.env).Debug("stale change skipped", "applied", v.String())
+				}
+				c.m.staleSkipped.Inc()
+				c.ack(r.msg, r.superseded)
+				continue
+			}
+		}
+		todo = append(todo, r)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	envs := make([]*change.Envelope, len(todo))
+	for i, r := range todo {
+		envs[i] = r.env
+	}
+	start := time.Now()
+	errs := c.callBatch(ctx, envs)
+	took := time.Since(start).Seconds()
+	c.m.batchSize.Observe(float64(len(todo)))
+	for i, r := range todo {
+		c.m.apply.Observe(took)
+		if errs[i] == nil {
+			c.m.processed.Inc()
+			c.ack(r.msg, r.superseded)
+			continue
+		}
+		c.fail(c.changeLog(r.msg, r.env), r.msg, r.superseded, errs[i])
+	}
+}
+
+func (c *Consumer) changeLog(m jetstream.Msg, e *change.Envelope) *slog.Logger {
+	return c.log.With("subject", m.Subject(), "version", e.Version().String(), "op", e.Op)
+}
+
+// callBatch calls the batch handler and returns one error per change. A
+// panic, or a result of the wrong length, cannot be pinned on one change:
+// the changes are then applied one by one with Handle (handlers are
+// idempotent), so only the culprit fails.
+func (c *Consumer) callBatch(ctx context.Context, envs []*change.Envelope) []error {
+	errs, panicked := c.tryBatch(ctx, envs)
+	switch {
+	case panicked != nil:
+		c.log.Error("batch handler panicked; applying its changes one by one", "panic", fmt.Sprint(panicked), "changes", len(envs))
+	case errs == nil:
+		return make([]error, len(envs))
+	case len(errs) == len(envs):
+		return errs
+	default:
+		c.log.Error("batch handler returned a wrong number of results; applying its changes one by one", "results", len(errs), "changes", len(envs))
+	}
+	errs = make([]error, len(envs))
+	for i, e := range envs {
+		errs[i] = c.callHandler(ctx, e)
+	}
+	return errs
+}
+
+func (c *Consumer) tryBatch(ctx context.Context, envs []*change.Envelope) (errs []error, panicked any) {
+	defer func() {
+		if r := recover(); r != nil {
+			errs, panicked = nil, r
+		}
+	}()
+	return c.bh.HandleBatch(ctx, envs), nil
 }
 
 // callHandler calls the handler; a panic is a permanent failure of this

@@ -24,6 +24,10 @@
 //   - With Config.Quiet, changes to one key that arrive within the quiet
 //     period collapse into the newest; the older ones are acked only after
 //     the newest was applied.
+//   - A handler that is also a BatchHandler gets, in one call, what a
+//     worker has queued (one change per key, the newest; at most
+//     Config.MaxBatch), so it can make the group durable at once. Each
+//     change is still settled on its own.
 //
 // A consumer is built with New and run with Run, which returns once its
 // context is cancelled and the work in flight is finished.

@@ -18,6 +18,35 @@ type Handler interface {
 	Handle(ctx context.Context, e *change.Envelope) error
 }
 
+// BatchHandler is a Handler that can also apply several changes at once,
+// so that what makes them durable (an fsync, a transaction commit) is paid
+// once per group instead of once per change. The runtime detects it: a
+// worker then hands it every message it already has queued, up to
+// Config.MaxBatch, without waiting for more.
+//
+// A batch holds changes of distinct keys (subjects) only, each already past
+// the Guard. When a key appears more than once among the queued messages,
+// the newest version is in the batch and the older ones are settled with it,
+// as with the quiet period: acked once it is applied (or dead-lettered),
+// given back with it when it is retried. So a BatchHandler must be a state
+// consumer, for which only a key's newest version matters. Table-level
+// changes (TRUNCATE) never reach HandleBatch: they go to Handle, alone,
+// between two barriers.
+//
+// HandleBatch returns one error per change, errs[i] for batch[i]: nil once
+// that change is applied durably, an error wrapped with Permanent, or any
+// other error to retry it. A nil slice means every change was applied. Each
+// change is then settled on its own: the applied ones are acked, a failed
+// one is retried or dead-lettered alone. So HandleBatch must not report a
+// change as applied before it is durable, whatever happened to the others.
+// A panic, or a result of the wrong length, makes the runtime apply the
+// batch's changes again one by one with Handle, which isolates the change
+// that caused it.
+type BatchHandler interface {
+	Handler
+	HandleBatch(ctx context.Context, batch []*change.Envelope) (errs []error)
+}
+
 // HandlerFunc adapts a function to Handler.
 type HandlerFunc func(ctx context.Context, e *change.Envelope) error
 

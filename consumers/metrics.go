@@ -17,6 +17,7 @@ type metrics struct {
 	ackPending   prometheus.Gauge
 	held         prometheus.Gauge
 	apply        prometheus.Observer
+	batchSize    prometheus.Observer
 }
 
 // newMetrics registers the consumer collectors on reg, or reuses those
@@ -43,7 +44,7 @@ func newMetrics(reg prometheus.Registerer, consumer string) (*metrics, error) {
 	keep(err)
 	stale, err := counter("herald_consumer_stale_skipped_total", "Messages acked without calling the handler because a newer or equal version was already applied.")
 	keep(err)
-	coalesced, err := counter("herald_consumer_coalesced_total", "Messages superseded by a newer change of the same key within the quiet period.")
+	coalesced, err := counter("herald_consumer_coalesced_total", "Messages superseded by a newer change of the same key within the quiet period or a batch.")
 	keep(err)
 	pending, err := gauge("herald_consumer_pending", "Messages matching the consumer that the server has not delivered yet (lag), refreshed periodically.")
 	keep(err)
@@ -53,8 +54,14 @@ func newMetrics(reg prometheus.Registerer, consumer string) (*metrics, error) {
 	keep(err)
 	apply, err := register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "herald_consumer_apply_seconds",
-		Help:    "Time the handler took to apply one change.",
+		Help:    "Time the handler took to apply one change (for a batch handler, the time of the batch that applied it).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+	}, []string{"consumer"}))
+	keep(err)
+	batchSize, err := register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "herald_consumer_batch_size",
+		Help:    "Changes handed to a batch handler at once.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 	}, []string{"consumer"}))
 	keep(err)
 	if len(errs) > 0 {
@@ -70,6 +77,7 @@ func newMetrics(reg prometheus.Registerer, consumer string) (*metrics, error) {
 		ackPending:   ackPending.WithLabelValues(consumer),
 		held:         held.WithLabelValues(consumer),
 		apply:        apply.WithLabelValues(consumer),
+		batchSize:    batchSize.WithLabelValues(consumer),
 	}, nil
 }
 

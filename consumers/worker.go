@@ -16,9 +16,10 @@ type item struct {
 	barrier chan struct{}
 }
 
-// worker applies the messages of the subjects that hash to it, one at a
+// worker applies the messages of the subjects that hash to it, one key at a
 // time, so one key is always serial. With a quiet period it holds the newest
-// change of each key until the key has been quiet.
+// change of each key until the key has been quiet. With a BatchHandler it
+// hands the handler what it has queued, one change per key, at once.
 type worker struct {
 	c    *Consumer
 	in   chan item
@@ -27,6 +28,18 @@ type worker struct {
 
 	timerAt time.Time
 	timerC  <-chan time.Time
+
+	// The batch being collected, and where each subject is in it.
+	batch []ready
+	index map[string]int
+}
+
+// ready is a change to apply now, with the older messages of its key that
+// it settles.
+type ready struct {
+	msg        jetstream.Msg
+	env        *change.Envelope
+	superseded []jetstream.Msg
 }
 
 // pending is a key waiting for its quiet period to end.
@@ -39,7 +52,7 @@ type pending struct {
 }
 
 func newWorker(c *Consumer) *worker {
-	return &worker{c: c, in: make(chan item, 64), held: make(map[string]*pending)}
+	return &worker{c: c, in: make(chan item, 64), held: make(map[string]*pending), index: make(map[string]int)}
 }
 
 func (w *worker) run() {
@@ -59,6 +72,10 @@ func (w *worker) run() {
 				close(it.barrier)
 				continue
 			}
+			if w.c.bh != nil && w.c.cfg.Quiet <= 0 {
+				w.collect(it.msg)
+				continue
+			}
 			w.receive(it.msg)
 		case <-w.timerC:
 			w.timerC, w.timerAt = nil, time.Time{}
@@ -69,6 +86,65 @@ func (w *worker) run() {
 			return
 		}
 	}
+}
+
+// collect takes first and what else is already queued, without waiting,
+// up to MaxBatch messages, and applies them as one batch: one change per
+// subject, the newest, which settles the older ones. A barrier ends the
+// batch; it is honoured once the batch is applied.
+func (w *worker) collect(first jetstream.Msg) {
+	var barrier chan struct{}
+	w.add(first)
+more:
+	for n := 1; n < w.c.cfg.MaxBatch; n++ {
+		select {
+		case <-w.c.stopping:
+			// What is still queued is given back, not started.
+			break more
+		case it := <-w.in:
+			if it.barrier != nil {
+				barrier = it.barrier
+				break more
+			}
+			w.add(it.msg)
+		default:
+			break more
+		}
+	}
+	w.c.applyReady(w.batch)
+	clear(w.batch)
+	w.batch = w.batch[:0]
+	clear(w.index)
+	if barrier != nil {
+		w.flushAll()
+		close(barrier)
+	}
+}
+
+// add decodes a message into the batch being collected. A second message of
+// a subject already in it keeps the newer version and settles the other
+// with it.
+func (w *worker) add(m jetstream.Msg) {
+	e, ok := w.c.decode(m)
+	if !ok {
+		return
+	}
+	subj := m.Subject()
+	i, dup := w.index[subj]
+	if !dup {
+		w.index[subj] = len(w.batch)
+		w.batch = append(w.batch, ready{msg: m, env: e})
+		return
+	}
+	r := &w.batch[i]
+	if r.env.Version().Less(e.Version()) {
+		r.superseded = append(r.superseded, r.msg)
+		r.msg, r.env = m, e
+	} else {
+		// An older or equal version arriving late (a redelivery).
+		r.superseded = append(r.superseded, m)
+	}
+	w.c.m.coalesced.Inc()
 }
 
 // receive decodes a message and applies it, or holds it for the quiet period.
@@ -109,8 +185,10 @@ func (w *worker) receive(m jetstream.Msg) {
 	w.schedule()
 }
 
-// flushDue applies every held key whose deadline has passed.
+// flushDue applies every held key whose deadline has passed (as one batch,
+// for a BatchHandler).
 func (w *worker) flushDue(now time.Time) {
+	var out []ready
 	for w.due.Len() > 0 && !w.due[0].at.After(now) {
 		d := heap.Pop(&w.due).(deadline)
 		p := w.held[d.subject]
@@ -118,18 +196,21 @@ func (w *worker) flushDue(now time.Time) {
 			continue // superseded entry: the key's deadline moved
 		}
 		w.release(d.subject, p)
-		w.c.apply(p.newest, p.env, p.superseded)
+		out = append(out, ready{msg: p.newest, env: p.env, superseded: p.superseded})
 	}
+	w.c.applyReady(out)
 }
 
 // flushAll applies every held key now (a barrier is coming).
 func (w *worker) flushAll() {
+	var out []ready
 	for subj, p := range w.held {
 		w.release(subj, p)
-		w.c.apply(p.newest, p.env, p.superseded)
+		out = append(out, ready{msg: p.newest, env: p.env, superseded: p.superseded})
 	}
 	w.due = w.due[:0]
 	w.timerC, w.timerAt = nil, time.Time{}
+	w.c.applyReady(out)
 }
 
 func (w *worker) release(subj string, p *pending) {

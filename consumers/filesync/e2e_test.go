@@ -3,9 +3,14 @@ package filesync_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -207,9 +212,10 @@ func TestFilesyncKilledUnderLoad(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
 
 	bin := testproc.Build(t, "github.com/herald-cdc/herald/cmd/herald-filesync")
+	metrics := freeAddr(t)
 	start := func() *testproc.Proc {
 		return testproc.Start(t, bin, append(os.Environ(), "HERALD_NATS_URL="+e.ns.URL(), "HERALD_FILESYNC_DIR="+e.root,
-			"HERALD_METRICS_ADDR=", "HERALD_LOG_FORMAT=text", "HERALD_CONSUMER_ACK_WAIT=2s"))
+			"HERALD_METRICS_ADDR="+metrics, "HERALD_LOG_FORMAT=text", "HERALD_CONSUMER_ACK_WAIT=2s"))
 	}
 	ctx, stop := context.WithCancel(e.ctx)
 	var wg sync.WaitGroup
@@ -236,5 +242,54 @@ func TestFilesyncKilledUnderLoad(t *testing.T) {
 	stop()
 	wg.Wait()
 	e.waitConverged(2 * time.Minute)
+	// The last instance applied its share in batches (group commits).
+	count, sum := batchMetrics(t, metrics)
+	require.Positive(t, count, "herald-filesync applies changes through HandleBatch")
+	t.Logf("last instance: %v changes in %v batches", sum, count)
 	require.Equal(t, 0, p.Stop(30*time.Second), "a clean shutdown exits 0")
+}
+
+// freeAddr returns a loopback address with a port nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+// batchMetrics reads herald_consumer_batch_size's count and sum from a
+// running herald-filesync's /metrics.
+func batchMetrics(t *testing.T, addr string) (count, sum float64) {
+	t.Helper()
+	var body string
+	testproc.Eventually(t, 30*time.Second, func() string {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err.Error()
+		}
+		body = string(b)
+		return ""
+	})
+	for _, line := range strings.Split(body, "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		switch {
+		case err != nil:
+		case strings.HasPrefix(name, "herald_consumer_batch_size_count"):
+			count = v
+		case strings.HasPrefix(name, "herald_consumer_batch_size_sum"):
+			sum = v
+		}
+	}
+	return count, sum
 }

@@ -6,14 +6,19 @@
 // Every file operation goes through an os.Root, so nothing outside the root
 // is touched and symlinks cannot lead out of it. Files are replaced
 // atomically (a temporary file in the same directory, fsync, rename,
-// directory fsync) and identical content is not rewritten.
+// directory fsync) and identical content is not rewritten. The Syncer is a
+// consumers.BatchHandler: the changes a worker has queued are written
+// together — every temporary file, then their fsyncs, then the renames,
+// then one fsync per directory — and acked once all of that is durable.
 //
 // The stale-version guard lives with the data: each file carries the version
 // of the change it holds in extended attributes, set on the temporary file
 // before the rename, so content and version change together. A deleted key
 // leaves a tombstone, and a TRUNCATE a table-level floor, under
 // <root>/.herald-filesync/, so an older insert redelivered later never
-// brings a file back.
+// brings a file back. The guard's state is also kept in memory (read from
+// disk on first use) so that checking a change costs no system call; see
+// stateCache for why that can never let an older version win.
 package filesync
 
 import (
@@ -25,7 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"hash/maphash"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -66,9 +71,10 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // WithRegisterer registers filesync's metrics on r.
 func WithRegisterer(r prometheus.Registerer) Option { return func(o *options) { o.reg = r } }
 
-// Syncer is the filesync handler: a consumers.Handler and consumers.Guard.
-// It is safe for concurrent use by the runtime's workers (one key at a time
-// per file).
+// Syncer is the filesync handler: a consumers.BatchHandler (and so a
+// consumers.Handler) and a consumers.Guard. It is safe for concurrent use by
+// the runtime's workers (one key at a time per file), and by several
+// processes sharing one root.
 type Syncer struct {
 	cfg     Config
 	schema  string
@@ -82,8 +88,14 @@ type Syncer struct {
 
 	// dirMu keeps directory creation and empty-directory removal apart, so
 	// one key removing a shared, now-empty directory cannot pull it from
-	// under another key's temporary file.
-	dirMu sync.Mutex
+	// under another key's temporary file. Creators share it; removal takes
+	// it alone.
+	dirMu sync.RWMutex
+
+	lock   *commitLock
+	cache  *stateCache
+	dirs   *dirCache
+	sumKey maphash.Seed
 
 	written   prometheus.Counter
 	unchanged prometheus.Counter
@@ -126,6 +138,9 @@ func New(cfg Config, opts ...Option) (*Syncer, error) {
 		root:    root,
 		state:   path.Join(stateDirName, fileName(schema)+"."+fileName(table)),
 		log:     o.logger.With("table", schema+"."+table),
+		cache:   newStateCache(maxCachedKeys),
+		dirs:    newDirCache(dirCacheSize()),
+		sumKey:  maphash.MakeSeed(),
 	}
 	if len(cfg.Keys) > 0 {
 		s.allowed = make(map[string]bool, len(cfg.Keys))
@@ -145,12 +160,20 @@ func New(cfg Config, opts ...Option) (*Syncer, error) {
 		root.Close()
 		return nil, err
 	}
+	if s.lock, err = openCommitLock(root, path.Join(s.state, "lock")); err != nil {
+		root.Close()
+		return nil, err
+	}
 	s.removeStaleTemps()
 	return s, nil
 }
 
-// Close releases the root.
-func (s *Syncer) Close() error { return s.root.Close() }
+// Close releases the root and the directories kept open.
+func (s *Syncer) Close() error {
+	s.dirs.dropAll()
+	_ = s.lock.Close()
+	return s.root.Close()
+}
 
 // ConsumerConfig is Config.ConsumerConfig for the Syncer's configuration.
 func (s *Syncer) ConsumerConfig(base consumers.Config) consumers.Config {
@@ -172,12 +195,94 @@ func (s *Syncer) registerMetrics(reg prometheus.Registerer) error {
 	return err
 }
 
-// Handle applies one change of the table.
+// Handle applies one change of the table: HandleBatch with one change.
 func (s *Syncer) Handle(ctx context.Context, e *change.Envelope) error {
-	if e.Schema != s.schema || e.Table != s.table {
-		return consumers.Permanent(fmt.Errorf("change of table %s.%s, but this filesync follows %s; check the consumer's filter subjects", e.Schema, e.Table, s.tableID))
+	return s.HandleBatch(ctx, []*change.Envelope{e})[0]
+}
+
+// HandleBatch applies changes of the table as one group, and returns one
+// error per change. The files written are made durable together: every
+// temporary file is written and tagged first, then they are fsynced, then
+// renamed over their files, then each directory is fsynced once; a change
+// is reported applied only after all of its steps are durable. A change
+// that fails does not stop the others. Deletes and truncates are applied
+// one by one after the group.
+func (s *Syncer) HandleBatch(ctx context.Context, batch []*change.Envelope) []error {
+	errs := make([]error, len(batch))
+	writes := make([]*fileWrite, 0, len(batch))
+	var alone []int
+	var paths map[string]bool
+	if len(batch) > 1 {
+		paths = make(map[string]bool, len(batch))
 	}
-	if e.Op == change.OpTruncate {
+	for i, e := range batch {
+		w, err := s.plan(e)
+		switch {
+		case err != nil:
+			errs[i] = err
+		case w == nil:
+			alone = append(alone, i)
+		case w.ignore:
+		case paths[w.p]:
+			// Two changes for one file (the runtime never sends that):
+			// the later one goes after the group.
+			alone = append(alone, i)
+		default:
+			if paths != nil {
+				paths[w.p] = true
+			}
+			w.i = i
+			writes = append(writes, w)
+		}
+	}
+	s.commitWrites(writes, errs)
+	for _, i := range alone {
+		errs[i] = s.handleOne(ctx, batch[i])
+	}
+	return errs
+}
+
+// plan checks a change and, for a write, returns what to write. It returns
+// nil for a change applied on its own (a delete, a truncate).
+func (s *Syncer) plan(e *change.Envelope) (*fileWrite, error) {
+	if e.Schema != s.schema || e.Table != s.table {
+		return nil, consumers.Permanent(fmt.Errorf("change of table %s.%s, but this filesync follows %s; check the consumer's filter subjects", e.Schema, e.Table, s.tableID))
+	}
+	switch e.Op {
+	case change.OpInsert, change.OpUpdate, change.OpSnapshot:
+	case change.OpDelete, change.OpTruncate:
+		return nil, nil
+	default:
+		return nil, consumers.Permanent(fmt.Errorf("unknown op %q", e.Op))
+	}
+	if !s.keyAllowed(e.Key) {
+		s.log.Debug("key not in this instance's keys; ignored", "key", e.Key)
+		return &fileWrite{ignore: true}, nil
+	}
+	p, err := s.tmpl.render(e.Key)
+	if err != nil {
+		return nil, consumers.Permanent(err)
+	}
+	data, err := s.value(e)
+	if err != nil {
+		return nil, consumers.Permanent(err)
+	}
+	return &fileWrite{e: e, p: p, data: data}, nil
+}
+
+// handleOne applies a change that is not part of a group.
+func (s *Syncer) handleOne(ctx context.Context, e *change.Envelope) error {
+	w, err := s.plan(e)
+	switch {
+	case err != nil:
+		return err
+	case w != nil && w.ignore:
+		return nil
+	case w != nil:
+		errs := []error{nil}
+		s.commitWrites([]*fileWrite{w}, errs)
+		return errs[0]
+	case e.Op == change.OpTruncate:
 		return s.truncate(ctx, e.Version())
 	}
 	if !s.keyAllowed(e.Key) {
@@ -188,49 +293,82 @@ func (s *Syncer) Handle(ctx context.Context, e *change.Envelope) error {
 	if err != nil {
 		return consumers.Permanent(err)
 	}
-	switch e.Op {
-	case change.OpInsert, change.OpUpdate, change.OpSnapshot:
-		data, err := s.value(e)
-		if err != nil {
-			return consumers.Permanent(err)
-		}
-		return s.write(p, e, data)
-	case change.OpDelete:
-		return s.remove(p, e)
-	}
-	return consumers.Permanent(fmt.Errorf("unknown op %q", e.Op))
+	return s.remove(p, e)
 }
 
 // Applied returns the newest version applied for the change's key: the one
 // its file carries, its tombstone's, or the table's truncate floor,
-// whichever is newest. For a truncate, the floor.
+// whichever is newest. For a truncate, the floor. Once a key has been seen
+// it is answered from memory.
 func (s *Syncer) Applied(_ context.Context, e *change.Envelope) (change.Version, bool, error) {
-	floor, hasFloor, err := s.readFloor()
+	floor, hasFloor, err := s.floorState()
 	if err != nil {
 		return change.Version{}, false, err
 	}
 	if e.Op == change.OpTruncate || e.Schema != s.schema || e.Table != s.table || !s.keyAllowed(e.Key) {
 		return floor, hasFloor, nil
 	}
-	best, ok := floor, hasFloor
-	keep := func(v change.Version, has bool) {
-		if has && (!ok || best.Less(v)) {
-			best, ok = v, true
-		}
-	}
-	if p, err := s.tmpl.render(e.Key); err == nil {
-		v, has, err := s.fileVersion(p)
+	p, err := s.tmpl.render(e.Key)
+	if err != nil {
+		// No file can exist for such a key.
+		v, has, err := s.readTombstone(e.Key)
 		if err != nil {
 			return change.Version{}, false, err
 		}
-		keep(v, has)
+		v, has = keyState{v: v, has: has}.newer(floor, hasFloor)
+		return v, has, nil
 	}
-	v, has, err := s.readTombstone(e.Key)
+	st, err := s.keyState(p, e.Key)
 	if err != nil {
 		return change.Version{}, false, err
 	}
-	keep(v, has)
-	return best, ok, nil
+	v, has := st.newer(floor, hasFloor)
+	return v, has, nil
+}
+
+// keyState returns what is known of the key whose file is p, from memory or
+// else from disk (its file's attributes and its tombstone).
+func (s *Syncer) keyState(p string, key []string) (keyState, error) {
+	if st, ok := s.cache.get(p); ok {
+		return st, nil
+	}
+	gen := s.cache.generation()
+	fv, ours, err := s.fileVersion(p)
+	if err != nil {
+		return keyState{}, err
+	}
+	tv, tomb, err := s.readTombstone(key)
+	if err != nil {
+		return keyState{}, err
+	}
+	st := keyState{v: fv, has: ours, tomb: tomb}
+	if tomb && (!st.has || st.v.Less(tv)) {
+		st.v, st.has = tv, true
+	}
+	s.cache.fill(gen, p, st)
+	return st, nil
+}
+
+// floorState returns the table's truncate floor, from memory or disk.
+func (s *Syncer) floorState() (change.Version, bool, error) {
+	if v, has, ok := s.cache.getFloor(); ok {
+		return v, has, nil
+	}
+	gen := s.cache.generation()
+	v, has, err := s.readFloor()
+	if err != nil {
+		return change.Version{}, false, err
+	}
+	s.cache.fillFloor(gen, v, has)
+	return v, has, nil
+}
+
+// dropCaches forgets everything kept in memory: another process committed
+// to this root.
+func (s *Syncer) dropCaches() {
+	s.log.Debug("another process changed this root; reading the guard's state from disk again")
+	s.cache.dropAll()
+	s.dirs.dropAll()
 }
 
 func (s *Syncer) keyAllowed(key []string) bool {
@@ -272,201 +410,6 @@ func (s *Syncer) value(e *change.Envelope) ([]byte, error) {
 	out := make([]byte, 0, len(raw)+1)
 	out = append(out, raw...)
 	return append(out, '\n'), nil
-}
-
-// write makes the file at p hold data, tagged with the change's version.
-func (s *Syncer) write(p string, e *change.Envelope, data []byte) error {
-	attrs, err := s.attrs(e)
-	if err != nil {
-		return err
-	}
-	same, err := s.sameContent(p, data, attrs)
-	if err != nil {
-		return err
-	}
-	if same {
-		s.unchanged.Inc()
-		return s.clearTombstone(e.Key)
-	}
-
-	dir := path.Dir(p)
-	s.dirMu.Lock()
-	created, err := s.mkdirAll(dir)
-	var tmp *os.File
-	var tmpName string
-	if err == nil {
-		tmp, tmpName, err = s.createTemp(dir)
-	}
-	s.dirMu.Unlock()
-	if err != nil {
-		return err
-	}
-	renamed := false
-	defer func() {
-		if !renamed {
-			_ = tmp.Close()
-			_ = s.root.Remove(tmpName)
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", tmpName, err)
-	}
-	if err := tmp.Chmod(s.cfg.FileMode); err != nil {
-		return fmt.Errorf("setting the mode of %s: %w", tmpName, err)
-	}
-	if err := setAttrs(tmp, attrs); err != nil {
-		return fmt.Errorf("tagging %s with its version: %w", tmpName, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", tmpName, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", tmpName, err)
-	}
-	if err := s.root.Rename(tmpName, p); err != nil {
-		return fmt.Errorf("renaming %s to %s: %w", tmpName, p, err)
-	}
-	renamed = true
-	if err := s.syncDirs(dir, created); err != nil {
-		return err
-	}
-	s.written.Inc()
-	s.log.Debug("file written", "path", p, "version", e.Version().String())
-	return s.clearTombstone(e.Key)
-}
-
-// sameContent reports whether p is a regular file holding data already. If
-// so it only moves the file's version forward (and fixes its mode): the
-// content, inode and modification time stay.
-func (s *Syncer) sameContent(p string, data []byte, attrs [][2]string) (bool, error) {
-	fi, err := s.root.Lstat(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-			return false, nil
-		}
-		return false, fmt.Errorf("looking at %s: %w", p, err)
-	}
-	if fi.IsDir() {
-		return false, consumers.Permanent(fmt.Errorf("%s is a directory; remove it or change the path template", p))
-	}
-	if !fi.Mode().IsRegular() || fi.Size() != int64(len(data)) {
-		return false, nil // replaced by the rename
-	}
-	f, err := s.root.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return false, nil
-	}
-	defer f.Close()
-	have := make([]byte, len(data)+1)
-	n, err := io.ReadFull(f, have)
-	if err != io.ErrUnexpectedEOF && err != io.EOF && err != nil {
-		return false, fmt.Errorf("reading %s: %w", p, err)
-	}
-	if n != len(data) || !bytes.Equal(have[:n], data) {
-		return false, nil
-	}
-	if fi.Mode().Perm() != s.cfg.FileMode {
-		if err := f.Chmod(s.cfg.FileMode); err != nil {
-			return false, fmt.Errorf("setting the mode of %s: %w", p, err)
-		}
-	}
-	if err := setAttrs(f, attrs); err != nil {
-		return false, fmt.Errorf("tagging %s with its version: %w", p, err)
-	}
-	if err := f.Sync(); err != nil {
-		return false, fmt.Errorf("syncing %s: %w", p, err)
-	}
-	return true, nil
-}
-
-// remove deletes the key's file, the directories it leaves empty, and
-// records a tombstone.
-func (s *Syncer) remove(p string, e *change.Envelope) error {
-	fi, err := s.root.Lstat(p)
-	switch {
-	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
-	case err != nil:
-		return fmt.Errorf("looking at %s: %w", p, err)
-	case fi.IsDir():
-		return consumers.Permanent(fmt.Errorf("%s is a directory; refusing to remove it", p))
-	default:
-		if err := s.removeFile(p); err != nil {
-			return err
-		}
-	}
-	return s.writeTombstone(e)
-}
-
-// removeFile removes p, syncs its directory and removes the directories it
-// leaves empty, up to the root.
-func (s *Syncer) removeFile(p string) error {
-	if err := s.root.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing %s: %w", p, err)
-	}
-	dir := path.Dir(p)
-	if err := s.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	s.removed.Inc()
-	s.log.Debug("file removed", "path", p)
-	s.dirMu.Lock()
-	defer s.dirMu.Unlock()
-	for d := dir; d != "." && d != "/"; d = path.Dir(d) {
-		if err := s.root.Remove(d); err != nil {
-			break // not empty (or not ours to remove): stop climbing
-		}
-		if err := s.syncDir(path.Dir(d)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// truncate removes every file of the table (of this instance's keys) older
-// than the truncate, then records the table's floor. Files come first: a
-// crash in between repeats the truncate on redelivery instead of skipping it.
-func (s *Syncer) truncate(_ context.Context, v change.Version) error {
-	var files []string
-	err := fs.WalkDir(s.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if p == stateDirName {
-				return fs.SkipDir
-			}
-			return nil
-		}
-		if d.Type().IsRegular() && !strings.HasPrefix(d.Name(), tmpPrefix) {
-			files = append(files, p)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("listing files under %s: %w", s.cfg.Dir, err)
-	}
-	n := 0
-	for _, p := range files {
-		fv, key, ours, err := s.fileInfo(p)
-		if err != nil {
-			return err
-		}
-		if !ours || !fv.Less(v) || !s.keyAllowed(key) {
-			continue
-		}
-		if err := s.removeFile(p); err != nil {
-			return err
-		}
-		n++
-	}
-	if err := s.pruneTombstones(v); err != nil {
-		return err
-	}
-	if err := s.writeState(path.Join(s.state, "floor"), []byte(v.String()+"\n")); err != nil {
-		return err
-	}
-	s.log.Info("table truncated: files removed", "files", n, "version", v.String())
-	return nil
 }
 
 // attrs are the extended attributes of a file holding e.
@@ -567,15 +510,6 @@ func (s *Syncer) readTombstone(key []string) (change.Version, bool, error) {
 	return v, true, nil
 }
 
-// clearTombstone drops a key's tombstone once its file is back. A tombstone
-// left by a crash is harmless: the file's version is newer.
-func (s *Syncer) clearTombstone(key []string) error {
-	if err := s.root.Remove(s.tombstonePath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing tombstone: %w", err)
-	}
-	return nil
-}
-
 // pruneTombstones drops the tombstones a truncate floor makes redundant.
 func (s *Syncer) pruneTombstones(floor change.Version) error {
 	dir := path.Join(s.state, "tombstones")
@@ -621,14 +555,14 @@ func (s *Syncer) readFloor() (change.Version, bool, error) {
 // writeState replaces a small state file atomically and durably.
 func (s *Syncer) writeState(p string, data []byte) error {
 	dir := path.Dir(p)
-	s.dirMu.Lock()
+	s.dirMu.RLock()
 	created, err := s.mkdirAll(dir)
 	var tmp *os.File
 	var tmpName string
 	if err == nil {
 		tmp, tmpName, err = s.createTemp(dir)
 	}
-	s.dirMu.Unlock()
+	s.dirMu.RUnlock()
 	if err != nil {
 		return err
 	}

@@ -253,14 +253,19 @@ func TestOlderVersionNeverRollsBack(t *testing.T) {
 	r := startSync(t, js, filesync.Config{Dir: dir}, cc)
 
 	// Stream order v2, v1: v1 arrives after the newer version was applied,
-	// as a redelivery would.
-	ct.Publish(t, js, env("h", 2, change.OpUpdate, `{"v":2}`), env("h", 1, change.OpUpdate, `{"v":1}`))
+	// as a redelivery would. (Published together, the two would be one
+	// batch, where v1 is superseded before anything is applied.)
+	ct.Publish(t, js, env("h", 2, change.OpUpdate, `{"v":2}`))
+	waitFile(t, dir, "h", `{"v":2}`)
+	ct.Publish(t, js, env("h", 1, change.OpUpdate, `{"v":1}`))
 	r.run.WaitMetric(t, "herald_consumer_stale_skipped_total", 1)
 	if got := readFile(t, dir, "h"); got != `{"v":2}` {
 		t.Fatalf("file holds %s, want v2", got)
 	}
 	// Also a delete then an older insert: the key stays deleted.
-	ct.Publish(t, js, env("g", 5, change.OpInsert, `{"g":5}`), env("g", 7, change.OpDelete, ""), env("g", 6, change.OpUpdate, `{"g":6}`))
+	ct.Publish(t, js, env("g", 5, change.OpInsert, `{"g":5}`), env("g", 7, change.OpDelete, ""))
+	testproc.Eventually(t, ct.Wait, ct.Settled(js, filesync.DefaultDurable))
+	ct.Publish(t, js, env("g", 6, change.OpUpdate, `{"g":6}`))
 	r.run.WaitMetric(t, "herald_consumer_stale_skipped_total", 2)
 	waitFile(t, dir, "g", "")
 	// And an insert older than a truncate.

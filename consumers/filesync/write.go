@@ -1,0 +1,440 @@
+package filesync
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/herald-cdc/herald/change"
+	"github.com/herald-cdc/herald/consumers"
+)
+
+// fileWrite is one file of a group commit.
+type fileWrite struct {
+	i      int  // index of the change in the batch
+	ignore bool // a key this instance does not write
+	e      *change.Envelope
+	p      string // the file, relative to the root
+	data   []byte
+
+	name    string     // the file's name in dir
+	dir     *dirHandle // its directory, held open
+	sum     uint64     // hash of data
+	attrs   [][2]string
+	tmp     *os.File // the temporary file, until it is closed
+	tmpName string   // its name in dir, until it is renamed or removed
+	same    *os.File // the file already holds data: only its version moves
+	prior   keyState // the key's state when the commit checked it
+	done    bool     // the change is on disk (renamed, or its version moved)
+	stale   bool     // the commit found a newer version on disk
+	err     error
+}
+
+// commitWrites writes a group of files of distinct keys and sets errs[w.i]
+// for each. The steps, each for the whole group before the next:
+//
+//  1. write every temporary file and its attributes (content and version
+//     travel together), without syncing;
+//  2. fsync each temporary file: its content is durable before any reader
+//     can see it, so a crash leaves the old file or the new one, never an
+//     empty or partial one;
+//  3. under the commit lock, check each change against the newest applied
+//     version once more and rename it over its file;
+//  4. fsync each directory once, which makes the renames durable;
+//  5. remove the tombstones the new files make redundant.
+//
+// A change is reported applied only after step 4 (5 when it had a
+// tombstone); one that fails at any step is reported alone, and its
+// temporary file is removed.
+func (s *Syncer) commitWrites(ws []*fileWrite, errs []error) {
+	if len(ws) == 0 {
+		return
+	}
+	defer func() {
+		for _, w := range ws {
+			s.cleanup(w)
+			errs[w.i] = w.err
+		}
+	}()
+	for _, w := range ws {
+		s.prepare(w)
+	}
+	for _, w := range ws {
+		if w.err != nil || w.tmp == nil {
+			continue
+		}
+		err := w.tmp.Sync()
+		if err != nil {
+			w.err = fmt.Errorf("syncing %s: %w", w.tmp.Name(), err)
+			continue
+		}
+		err = w.tmp.Close()
+		w.tmp = nil
+		if err != nil {
+			w.err = fmt.Errorf("closing %s: %w", path.Join(w.dir.path, w.tmpName), err)
+		}
+	}
+	s.publish(ws)
+	s.syncGroup(ws)
+	s.clearTombstones(ws)
+	for _, w := range ws {
+		if !w.done || w.err != nil {
+			continue
+		}
+		if w.same != nil {
+			s.unchanged.Inc()
+		} else {
+			s.written.Inc()
+		}
+		if s.log.Enabled(context.Background(), slog.LevelDebug) {
+			s.log.Debug("file written", "path", w.p, "version", w.e.Version().String(), "unchanged", w.same != nil)
+		}
+	}
+}
+
+// prepare is step 1 for one file: a temporary file holding the data and the
+// attributes, or, when the file holds these bytes already, the file itself.
+func (s *Syncer) prepare(w *fileWrite) {
+	var err error
+	if w.attrs, err = s.attrs(w.e); err != nil {
+		w.err = err
+		return
+	}
+	w.sum = maphash.Bytes(s.sumKey, w.data)
+	w.name = path.Base(w.p)
+	dir := path.Dir(w.p)
+	// The file holds what this process last wrote to it: when that was
+	// something else, there is nothing to compare.
+	st, known := s.cache.get(w.p)
+	compare := !known || !st.file || st.sum == w.sum
+
+	s.dirMu.RLock()
+	for attempt := 0; ; attempt++ {
+		h, err := s.openDir(dir)
+		if err != nil {
+			w.err = err
+			break
+		}
+		if compare {
+			same, err := s.sameContent(h, w.name, w.p, w.data)
+			if err != nil {
+				s.dirs.release(h)
+				w.err = err
+				break
+			}
+			if same != nil {
+				w.dir, w.same = h, same
+				break
+			}
+		}
+		tmp, name, err := s.createTempAt(h)
+		if err == nil {
+			w.dir, w.tmp, w.tmpName = h, tmp, name
+			break
+		}
+		s.dirs.release(h)
+		if attempt == 0 && errors.Is(err, unix.ENOENT) {
+			// The directory was removed behind the open handle (by another
+			// process sharing the root): open it again.
+			s.dirs.dropHandle(h)
+			continue
+		}
+		w.err = fmt.Errorf("creating a temporary file in %s: %w", dir, err)
+		break
+	}
+	s.dirMu.RUnlock()
+	if w.err != nil || w.tmp == nil {
+		return
+	}
+	if _, err := w.tmp.Write(w.data); err != nil {
+		w.err = fmt.Errorf("writing %s: %w", w.tmp.Name(), err)
+		return
+	}
+	// The mode given to openat was reduced by the umask.
+	if err := w.tmp.Chmod(s.cfg.FileMode); err != nil {
+		w.err = fmt.Errorf("setting the mode of %s: %w", w.tmp.Name(), err)
+		return
+	}
+	if err := setAttrs(w.tmp, w.attrs); err != nil {
+		w.err = fmt.Errorf("tagging %s with its version: %w", w.tmp.Name(), err)
+	}
+}
+
+// publish is step 3: under the commit lock, every prepared file whose
+// change is still the newest is renamed over its file (or has its version
+// moved, when its content is the same).
+func (s *Syncer) publish(ws []*fileWrite) {
+	live := false
+	for _, w := range ws {
+		live = live || w.err == nil
+	}
+	if !live {
+		return
+	}
+	foreign, err := s.lock.acquire()
+	if err != nil {
+		for _, w := range ws {
+			if w.err == nil {
+				w.err = err
+			}
+		}
+		return
+	}
+	defer s.lock.release()
+	if foreign {
+		s.dropCaches()
+	}
+	floor, hasFloor, ferr := s.floorState()
+	for _, w := range ws {
+		if w.err != nil {
+			continue
+		}
+		if ferr != nil {
+			w.err = ferr
+			continue
+		}
+		st, err := s.keyState(w.p, w.e.Key)
+		if err != nil {
+			w.err = err
+			continue
+		}
+		if v, ok := st.newer(floor, hasFloor); ok && !v.Less(w.e.Version()) {
+			// Already there: another process applied this version or a
+			// newer one since the guard looked. Nothing to do.
+			w.stale = true
+			continue
+		}
+		w.prior = st
+		if w.same != nil {
+			if err := setAttrs(w.same, w.attrs); err != nil {
+				s.cache.set(w.p, w.prior.unsure(false))
+				w.err = fmt.Errorf("tagging %s with its version: %w", w.p, err)
+				continue
+			}
+		} else {
+			if err := unix.Renameat(w.dir.fd, w.tmpName, w.dir.fd, w.name); err != nil {
+				// The next attempt looks at the file again (a directory
+				// in its place is a permanent error).
+				s.cache.set(w.p, w.prior.unsure(false))
+				w.err = fmt.Errorf("renaming %s to %s: %w", path.Join(w.dir.path, w.tmpName), w.p, err)
+				continue
+			}
+			w.tmpName = ""
+		}
+		w.done = true
+		s.cache.set(w.p, keyState{v: w.e.Version(), has: true, tomb: st.tomb, file: true, sum: w.sum})
+	}
+}
+
+// syncGroup is step 4: one fsync per directory that got a rename (and its
+// parents, when it was just created), one per file whose version moved (and
+// its directory too, when an earlier rename there failed to be synced).
+func (s *Syncer) syncGroup(ws []*fileWrite) {
+	synced := make(map[*dirHandle]error)
+	for _, w := range ws {
+		if !w.done {
+			continue
+		}
+		var err error
+		if w.same != nil {
+			if err = w.same.Sync(); err != nil {
+				err = fmt.Errorf("syncing %s: %w", w.p, err)
+			}
+		}
+		if err == nil && (w.same == nil || w.prior.unsynced) {
+			var ok bool
+			if err, ok = synced[w.dir]; !ok {
+				err = s.syncDirHandle(w.dir)
+				synced[w.dir] = err
+			}
+		}
+		if err != nil {
+			// The new version is on disk but maybe not durable: remember
+			// the one before, so that the retry writes it again instead
+			// of finding it applied. (The cache stays below the truth.)
+			s.cache.set(w.p, w.prior.unsure(w.same == nil || w.prior.unsynced))
+			w.done, w.err = false, err
+		}
+	}
+}
+
+// syncDirHandle makes the renames in h durable, and h's own entry in its
+// parents when h was created by this process and that is not done yet.
+func (s *Syncer) syncDirHandle(h *dirHandle) error {
+	if err := h.f.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", h.path, err)
+	}
+	if !h.newDir.Load() {
+		return nil
+	}
+	for dir := h.path; dir != "."; {
+		dir = path.Dir(dir)
+		if err := s.syncDir(dir); err != nil {
+			return err
+		}
+	}
+	h.newDir.Store(false)
+	return nil
+}
+
+// clearTombstones is step 5, for the keys that had a tombstone: it goes
+// once the key's new file is durable. A tombstone a crash leaves behind is
+// harmless: the file's version is newer.
+func (s *Syncer) clearTombstones(ws []*fileWrite) {
+	var todo []*fileWrite
+	for _, w := range ws {
+		if w.done && w.prior.tomb {
+			todo = append(todo, w)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	foreign, err := s.lock.acquire()
+	if err != nil {
+		for _, w := range todo {
+			w.err = err
+		}
+		return
+	}
+	defer s.lock.release()
+	if foreign {
+		s.dropCaches()
+	}
+	for _, w := range todo {
+		// Under the lock, so that a newer delete by another process is
+		// never the tombstone removed.
+		v, has, err := s.readTombstone(w.e.Key)
+		if err == nil && has && v.Less(w.e.Version()) {
+			if err = s.root.Remove(s.tombstonePath(w.e.Key)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				err = fmt.Errorf("removing tombstone: %w", err)
+			} else {
+				err = nil
+			}
+		}
+		if err != nil {
+			s.cache.forget(w.p)
+			w.err = err
+			continue
+		}
+		if st, ok := s.cache.get(w.p); ok && st.v == w.e.Version() {
+			st.tomb = false
+			s.cache.set(w.p, st)
+		}
+	}
+}
+
+// cleanup closes what a write holds and removes its temporary file if it
+// was not renamed.
+func (s *Syncer) cleanup(w *fileWrite) {
+	if w.tmp != nil {
+		_ = w.tmp.Close()
+		w.tmp = nil
+	}
+	if w.same != nil {
+		_ = w.same.Close()
+		w.same = nil
+	}
+	if w.dir != nil {
+		if w.tmpName != "" {
+			_ = unix.Unlinkat(w.dir.fd, w.tmpName, 0)
+			w.tmpName = ""
+		}
+		h := w.dir
+		s.dirs.release(h)
+		w.dir = nil
+		if w.stale && h.newDir.Load() {
+			// Created for a change that lost to another process's newer
+			// one (a delete, say): leave no empty directory behind.
+			s.removeEmptyDirs(h.path)
+		}
+	}
+}
+
+// openDir returns the held-open handle of dir (relative to the root),
+// creating the directory and its parents if needed. The caller holds dirMu
+// (shared) and releases the handle.
+func (s *Syncer) openDir(dir string) (*dirHandle, error) {
+	if h := s.dirs.get(dir); h != nil {
+		return h, nil
+	}
+	created, err := s.mkdirAll(dir)
+	if err != nil {
+		return nil, err
+	}
+	f, err := s.root.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening directory %s: %w", dir, err)
+	}
+	h := s.dirs.add(dir, f)
+	if created {
+		h.newDir.Store(true)
+	}
+	return h, nil
+}
+
+// createTempAt creates a new temporary file in h.
+func (s *Syncer) createTempAt(h *dirHandle) (*os.File, string, error) {
+	for {
+		name := tmpPrefix + fmt.Sprintf("%016x", rand.Uint64())
+		fd, err := unix.Openat(h.fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, uint32(s.cfg.FileMode))
+		switch {
+		case err == nil:
+			return os.NewFile(uintptr(fd), path.Join(h.path, name)), name, nil
+		case errors.Is(err, unix.EEXIST) || errors.Is(err, unix.EINTR):
+			continue
+		default:
+			return nil, "", err
+		}
+	}
+}
+
+// sameContent returns the file name in h, open, when it is a regular file
+// holding data already (with its mode corrected if needed): only its version
+// has to move, and its content, inode and modification time stay. It returns
+// nil when the file must be replaced.
+func (s *Syncer) sameContent(h *dirHandle, name, p string, data []byte) (*os.File, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(h.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("looking at %s: %w", p, err)
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return nil, consumers.Permanent(fmt.Errorf("%s is a directory; remove it or change the path template", p))
+	case st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != int64(len(data)):
+		return nil, nil // replaced by the rename
+	}
+	fd, err := unix.Openat(h.fd, name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil
+	}
+	f := os.NewFile(uintptr(fd), p)
+	have := make([]byte, len(data)+1)
+	n, err := io.ReadFull(f, have)
+	if err != io.ErrUnexpectedEOF && err != io.EOF && err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading %s: %w", p, err)
+	}
+	if n != len(data) || !bytes.Equal(have[:n], data) {
+		f.Close()
+		return nil, nil
+	}
+	if os.FileMode(st.Mode).Perm() != s.cfg.FileMode {
+		if err := f.Chmod(s.cfg.FileMode); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("setting the mode of %s: %w", p, err)
+		}
+	}
+	return f, nil
+}
