@@ -371,17 +371,7 @@ func benchFilesync(ctx context.Context, args []string, stdout, stderr io.Writer)
 		_, _ = w.Write(buf)
 		mu.Unlock()
 	}
-	h := consumers.HandlerFunc(func(ctx context.Context, e *change.Envelope) error {
-		seq, ok := parseSeq(e.New)
-		if ok {
-			emit('h', seq)
-		}
-		err := syncer.Handle(ctx, e)
-		if err == nil && ok {
-			emit('f', seq)
-		}
-		return err
-	})
+	h := timedSyncer{syncer: syncer, emit: emit}
 	cons, err := consumers.New(js, syncer.ConsumerConfig(consumers.Config{Durable: *durable, Workers: *workers, DeliverPolicy: consumers.DeliverNew}), h, consumers.WithGuard(syncer),
 		consumers.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	if err != nil {
@@ -416,6 +406,38 @@ func benchFilesync(ctx context.Context, args []string, stdout, stderr io.Writer)
 			mu.Unlock()
 		}
 	}
+}
+
+// timedSyncer is filesync's handler, batches included, reporting when each
+// change reached the handler ('h') and when it was applied durably ('f').
+type timedSyncer struct {
+	syncer *filesync.Syncer
+	emit   func(kind byte, seq int64)
+}
+
+func (t timedSyncer) Handle(ctx context.Context, e *change.Envelope) error {
+	return t.HandleBatch(ctx, []*change.Envelope{e})[0]
+}
+
+func (t timedSyncer) HandleBatch(ctx context.Context, batch []*change.Envelope) []error {
+	seqs := make([]int64, len(batch))
+	for i, e := range batch {
+		seq, ok := parseSeq(e.New)
+		if !ok {
+			seq = -1
+		}
+		seqs[i] = seq
+		if seq >= 0 {
+			t.emit('h', seq)
+		}
+	}
+	errs := t.syncer.HandleBatch(ctx, batch)
+	for i, seq := range seqs {
+		if errs[i] == nil && seq >= 0 {
+			t.emit('f', seq)
+		}
+	}
+	return errs
 }
 
 // Close stops everything the rig started, in reverse order.

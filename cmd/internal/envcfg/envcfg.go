@@ -57,6 +57,7 @@ type Consumer struct {
 	AckWait       time.Duration `envconfig:"CONSUMER_ACK_WAIT" default:"30s" desc:"time to apply a change before the server redelivers it"`
 	MaxDeliver    int           `envconfig:"CONSUMER_MAX_DELIVER" default:"10" desc:"deliveries before a failing change is dead-lettered (-1: retry forever)"`
 	MaxAckPending int           `envconfig:"CONSUMER_MAX_ACK_PENDING" default:"1000" desc:"changes delivered and not yet acknowledged, at most"`
+	MaxBatch      int           `envconfig:"CONSUMER_MAX_BATCH" default:"64" desc:"changes a worker applies together and makes durable at once, for consumers that can (filesync); 1: one at a time"`
 	DeliverPolicy string        `envconfig:"CONSUMER_DELIVER" default:"last_per_subject" desc:"where a new durable starts: last_per_subject (bootstrap the state), all or new; an existing durable resumes"`
 }
 
@@ -76,6 +77,7 @@ func (c *Consumer) Config(common *Common, durable string) (consumers.Config, err
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
+		MaxBatch:      c.MaxBatch,
 		DeliverPolicy: policy,
 	}, nil
 }
