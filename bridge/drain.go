@@ -64,11 +64,16 @@ type drainer struct {
 
 	toDelete   []int64 // acknowledged, deleted with the next read
 	recovering bool    // a publish outcome is unknown: check stored versions first
-	// recoverThrough is the highest log id when this leader took over. A
-	// previous leader may have published any change up to it (several
-	// batches, with flights) without deleting it, so every batch holding
-	// such an id is checked against the stream before publishing.
+	// recoverThrough is the highest log id when this leader took over, and
+	// recoverRows how many more rows up to it are checked against the
+	// stream before publishing. A previous leader may have left several
+	// batches published and not deleted (one being read, the rest in
+	// flight or acknowledged): at most (InFlight+1) x BatchSize rows, all
+	// with ids up to recoverThrough. Every stored change found in them
+	// extends the check, so a previous leader configured for more in the
+	// air is still covered.
 	recoverThrough int64
+	recoverRows    int
 	flights        []*flight // batches being published while the next is read
 	backlogged     bool      // the last read was a full batch
 	lastRead       time.Time
@@ -91,7 +96,14 @@ func (d *drainer) takeOver(ctx context.Context) error {
 	if err := d.conn.QueryRow(cctx, schema.Query("log_max_id")).Scan(&d.recoverThrough); err != nil {
 		return fmt.Errorf("reading the change log: %w", err)
 	}
+	d.recoverRows = d.takeoverWindow()
 	return nil
+}
+
+// takeoverWindow is how many rows a leader can leave published and not
+// deleted: the batch it is reading and those in flight.
+func (d *drainer) takeoverWindow() int {
+	return (d.cfg.InFlight + 1) * d.cfg.BatchSize
 }
 
 // settleAfter is how soon after going idle the bridge reads once more, to
@@ -408,8 +420,9 @@ func (d *drainer) drainOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if rows[0].id <= d.recoverThrough {
+	if d.recoverRows > 0 && rows[0].id <= d.recoverThrough {
 		d.recovering = true // a previous leader may have published these
+		d.recoverRows -= len(rows)
 	}
 	if !d.canFly(msgs) {
 		if err := d.reap(ctx, true); err != nil {
@@ -1013,6 +1026,10 @@ func (d *drainer) skipStored(ctx context.Context, msgs []outMsg) ([]outMsg, erro
 	}
 	if len(skipped) > 0 {
 		d.m.skipped.Add(float64(len(skipped)))
+		if skipped[len(skipped)-1].id <= d.recoverThrough {
+			// What a previous leader published reaches this far: look on.
+			d.recoverRows = max(d.recoverRows, d.takeoverWindow())
+		}
 		for _, m := range skipped {
 			d.toDelete = append(d.toDelete, m.id)
 		}

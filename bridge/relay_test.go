@@ -469,8 +469,10 @@ func TestTakeoverSkipsWhatAnEarlierLeaderPublished(t *testing.T) {
 	require.NoError(t, rows.Err())
 	require.Equal(t, 10, published)
 
-	// The next leader reads the log two changes at a time.
-	r.runBridge(bridge.Config{Source: "beta", Preset: bridge.PresetLog, BatchSize: 2, SmallBatch: 1})
+	// The next leader reads the log one change at a time: ten batches, twice
+	// what it assumes a leader can leave behind ((InFlight+1) x BatchSize),
+	// so finding stored changes has to extend the check.
+	r.runBridge(bridge.Config{Source: "beta", Preset: bridge.PresetLog, BatchSize: 1, SmallBatch: 1, InFlight: 4})
 	r.waitDrained("HERALD", 10, time.Minute)
 	for _, e := range envelopes(t, r.streamMsgs("HERALD")) {
 		require.Equal(t, "alpha", e.Source, "change %d stored again by the next leader", e.ID)
