@@ -5,32 +5,24 @@ import "time"
 // rateGate decides, from the change rate the drain loop observes, whether
 // the wake-up gate should be open: NOTIFY at low rates (no polling cost,
 // sub-millisecond wake-ups), polling at high rates (writers never queue on
-// the notify lock). Hysteresis keeps it from flapping: it closes once the
-// rate has stayed at closeRate or above for closeAfter (a burst after a
-// short stall does not close it) and opens only after the rate stayed below
+// the notify lock). Hysteresis keeps it from flapping: it closes as soon as
+// the rate reaches closeRate and opens only after the rate stayed below
 // openRate for reopenAfter.
 type rateGate struct {
 	closeRate, openRate float64
 	reopenAfter         time.Duration
 
 	// The rate is counted in fixed buckets over a sliding window.
-	bucket    time.Duration
-	counts    []int
-	starts    []time.Time
-	head      int
-	lowSince  time.Time // zero: not currently low
-	highSince time.Time // zero: not currently at the close rate
+	bucket   time.Duration
+	counts   []int
+	starts   []time.Time
+	head     int
+	lowSince time.Time // zero: not currently low
 }
 
 const (
 	rateBuckets = 10
 	rateBucket  = 20 * time.Millisecond // window of 200 ms
-	// closeAfter is how long the rate must stay at the close rate before
-	// the gate closes: longer than one window, so the burst that follows a
-	// pause of a few hundred milliseconds (a stall anywhere) does not close
-	// a gate that, at a steady rate between the two thresholds, would then
-	// stay closed.
-	closeAfter = 500 * time.Millisecond
 )
 
 func newRateGate(closeRate, openRate float64, reopenAfter time.Duration) *rateGate {
@@ -70,12 +62,8 @@ func (g *rateGate) wantOpen(now time.Time, open bool) bool {
 	r := g.rate(now)
 	if r >= g.closeRate {
 		g.lowSince = time.Time{}
-		if g.highSince.IsZero() {
-			g.highSince = now
-		}
-		return open && now.Sub(g.highSince) < closeAfter
+		return false
 	}
-	g.highSince = time.Time{}
 	if open {
 		return true
 	}
@@ -96,7 +84,6 @@ func (g *rateGate) reset() {
 		g.starts[i] = time.Time{}
 	}
 	g.lowSince = time.Time{}
-	g.highSince = time.Time{}
 }
 
 // assumeLow starts the low-rate period reopenAfter ago, so a bridge that

@@ -12,26 +12,14 @@ func TestRateGateHysteresis(t *testing.T) {
 	t0 := time.Unix(1_000_000, 0)
 	require.True(t, g.wantOpen(t0, true), "idle and open: stays open")
 
-	// 50 changes every 20ms = 2500/s: closes once it has lasted closeAfter.
+	// 50 changes every 20ms = 2500/s: closes.
 	now := t0
 	for i := 0; i < 10; i++ {
 		now = now.Add(20 * time.Millisecond)
 		g.observe(now, 50)
 	}
 	require.InDelta(t, 2500, g.rate(now), 300)
-	require.True(t, g.wantOpen(now, true), "a burst of one window leaves the gate open")
-	var closed time.Time
-	high := now
-	for i := 0; i < 100 && closed.IsZero(); i++ {
-		now = now.Add(20 * time.Millisecond)
-		g.observe(now, 50)
-		if !g.wantOpen(now, true) {
-			closed = now
-		}
-	}
-	require.False(t, closed.IsZero(), "a lasting high rate closes the gate")
-	require.GreaterOrEqual(t, closed.Sub(high), closeAfter, "only after closeAfter")
-	require.False(t, g.wantOpen(now, false), "a closed gate stays closed at a high rate")
+	require.False(t, g.wantOpen(now, true), "high rate closes the gate")
 
 	// 10 per 20ms = 500/s: between the thresholds, stays closed.
 	for i := 0; i < 100; i++ {
@@ -54,18 +42,7 @@ func TestRateGateHysteresis(t *testing.T) {
 	require.False(t, opened.IsZero(), "a low rate reopens the gate")
 	require.GreaterOrEqual(t, opened.Sub(start), time.Second, "only after the rate stayed low for reopenAfter")
 
-	// A burst that ends before closeAfter leaves an open gate open.
-	for i := 0; i < 10; i++ {
-		now = now.Add(20 * time.Millisecond)
-		g.observe(now, 60)
-		require.True(t, g.wantOpen(now, true), "burst after a stall")
-	}
-	for i := 0; i < 20; i++ {
-		now = now.Add(20 * time.Millisecond)
-		g.observe(now, 10) // 500/s: between the thresholds
-		require.True(t, g.wantOpen(now, true), "steady rate between the thresholds after a burst")
-	}
-
+	// A burst resets the low period.
 	g.reset()
 	require.InDelta(t, 0, g.rate(now), 0.001)
 }
