@@ -83,7 +83,7 @@ type Config struct {
 	// the gate and polls instead (default 2000).
 	CloseRate float64
 	// OpenRate is the rate below which, held for ReopenAfter, the bridge
-	// opens the gate again (default 200, 2s).
+	// opens the gate again (default 60% of CloseRate, and 2s).
 	OpenRate    float64
 	ReopenAfter time.Duration
 	// RecheckInterval is how often, after opening the gate, the bridge checks
@@ -170,7 +170,10 @@ func (c *Config) setDefaults() {
 		c.CloseRate = 2000
 	}
 	if c.OpenRate == 0 {
-		c.OpenRate = 200
+		// Well above the rate a short stall's burst can leave behind: at a
+		// steady rate between the thresholds the gate stays as it is, and a
+		// gate closed by a burst at 1,000/s has to be able to reopen.
+		c.OpenRate = 0.6 * c.CloseRate
 	}
 	if c.ReopenAfter == 0 {
 		c.ReopenAfter = 2 * time.Second

@@ -44,7 +44,7 @@ type config struct {
 	PublishTimeout   time.Duration `envconfig:"PUBLISH_TIMEOUT" default:"5s" desc:"longest wait for JetStream to acknowledge a publish"`
 	GateLease        time.Duration `envconfig:"GATE_LEASE" default:"10s" desc:"how long the wake-up gate stays open unrenewed: a dead bridge stops costing writers NOTIFY after it"`
 	GateCloseRate    float64       `envconfig:"GATE_CLOSE_RATE" default:"2000" desc:"changes per second at which the bridge stops NOTIFY and polls"`
-	GateOpenRate     float64       `envconfig:"GATE_OPEN_RATE" default:"200" desc:"changes per second below which (for HERALD_GATE_REOPEN_AFTER) NOTIFY resumes"`
+	GateOpenRate     float64       `envconfig:"GATE_OPEN_RATE" default:"0" desc:"changes per second below which (for HERALD_GATE_REOPEN_AFTER) NOTIFY resumes (0: 60% of HERALD_GATE_CLOSE_RATE)"`
 	GateReopenAfter  time.Duration `envconfig:"GATE_REOPEN_AFTER" default:"2s" desc:"how long the rate must stay low before NOTIFY resumes"`
 	NATSConnectWait  time.Duration `envconfig:"NATS_CONNECT_TIMEOUT" default:"30s" desc:"how long to wait at start for the first NATS connection before giving up"`
 	ShutdownTimeout  time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s" desc:"longest wait on SIGTERM for the batch in flight to finish"`

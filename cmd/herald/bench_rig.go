@@ -508,8 +508,8 @@ func registerBridgeFlags(fs *flag.FlagSet) func() (bridgeTuning, error) {
 		if t.BatchSize < 1 || t.BatchSize > 1000 || t.SmallBatch < 1 || t.SmallBatch > t.BatchSize {
 			return t, usageError{"--bridge-batch-size must be 1 to 1000 and --bridge-small-batch 1 to the batch size"}
 		}
-		if t.CloseRate <= 200 || t.PollPause <= 0 {
-			return t, usageError{"--bridge-gate-close-rate must be above 200 (the reopen rate) and --bridge-poll-pause positive"}
+		if t.CloseRate <= 0 || t.PollPause <= 0 {
+			return t, usageError{"--bridge-gate-close-rate and --bridge-poll-pause must be positive"}
 		}
 		if t.InFlight < 1 || t.InFlight > 64 {
 			return t, usageError{"--bridge-in-flight must be 1 to 64"}
