@@ -365,6 +365,20 @@ func (s *Syncer) floorState() (change.Version, bool, error) {
 
 // dropCaches forgets everything kept in memory: another process committed
 // to this root.
+// lockState takes the commit lock; if another process committed since
+// this one last held it, what is cached is read from disk again. The caller
+// releases the lock with s.lock.release.
+func (s *Syncer) lockState() error {
+	foreign, err := s.lock.acquire()
+	if err != nil {
+		return err
+	}
+	if foreign {
+		s.dropCaches()
+	}
+	return nil
+}
+
 func (s *Syncer) dropCaches() {
 	s.log.Debug("another process changed this root; reading the guard's state from disk again")
 	s.cache.dropAll()

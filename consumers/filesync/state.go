@@ -16,14 +16,10 @@ import (
 // remove deletes the key's file, the directories it leaves empty, and
 // records a tombstone, all under the commit lock.
 func (s *Syncer) remove(p string, e *change.Envelope) error {
-	foreign, err := s.lock.acquire()
-	if err != nil {
+	if err := s.lockState(); err != nil {
 		return err
 	}
 	defer s.lock.release()
-	if foreign {
-		s.dropCaches()
-	}
 	floor, hasFloor, err := s.floorState()
 	if err != nil {
 		return err
@@ -93,14 +89,10 @@ func (s *Syncer) removeEmptyDirs(dir string) error {
 // Files come first: a crash in between repeats the truncate on redelivery
 // instead of skipping it.
 func (s *Syncer) truncate(_ context.Context, v change.Version) error {
-	foreign, err := s.lock.acquire()
-	if err != nil {
+	if err := s.lockState(); err != nil {
 		return err
 	}
 	defer s.lock.release()
-	if foreign {
-		s.dropCaches()
-	}
 	if floor, has, err := s.floorState(); err != nil {
 		return err
 	} else if has && !floor.Less(v) {
@@ -111,7 +103,7 @@ func (s *Syncer) truncate(_ context.Context, v change.Version) error {
 	s.dirs.dropAll()
 
 	var files []string
-	err = fs.WalkDir(s.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(s.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}

@@ -180,8 +180,7 @@ func (s *Syncer) publish(ws []*fileWrite) {
 	if !live {
 		return
 	}
-	foreign, err := s.lock.acquire()
-	if err != nil {
+	if err := s.lockState(); err != nil {
 		for _, w := range ws {
 			if w.err == nil {
 				w.err = err
@@ -190,9 +189,6 @@ func (s *Syncer) publish(ws []*fileWrite) {
 		return
 	}
 	defer s.lock.release()
-	if foreign {
-		s.dropCaches()
-	}
 	floor, hasFloor, ferr := s.floorState()
 	for _, w := range ws {
 		if w.err != nil {
@@ -299,17 +295,13 @@ func (s *Syncer) clearTombstones(ws []*fileWrite) {
 	if len(todo) == 0 {
 		return
 	}
-	foreign, err := s.lock.acquire()
-	if err != nil {
+	if err := s.lockState(); err != nil {
 		for _, w := range todo {
 			w.err = err
 		}
 		return
 	}
 	defer s.lock.release()
-	if foreign {
-		s.dropCaches()
-	}
 	for _, w := range todo {
 		// Under the lock, so that a newer delete by another process is
 		// never the tombstone removed.
