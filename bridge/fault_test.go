@@ -867,6 +867,9 @@ func TestBridgeProcessBadInput(t *testing.T) {
 		{"prefix with a space", map[string]string{"HERALD_SUBJECT_PREFIX": "bad prefix"}, 2, []string{"HERALD_SUBJECT_PREFIX"}},
 		{"prefix with a wildcard", map[string]string{"HERALD_SUBJECT_PREFIX": "herald.*"}, 2, []string{"HERALD_SUBJECT_PREFIX"}},
 		{"empty prefix", map[string]string{"HERALD_SUBJECT_PREFIX": ""}, 2, []string{"HERALD_SUBJECT_PREFIX"}},
+		{"no batch in flight", map[string]string{"HERALD_IN_FLIGHT": "-1"}, 2, []string{"HERALD_IN_FLIGHT"}},
+		{"in flight not a number", map[string]string{"HERALD_IN_FLIGHT": "many"}, 2, []string{"HERALD_IN_FLIGHT"}},
+		{"poll gather too long", map[string]string{"HERALD_POLL_GATHER": "5s"}, 2, []string{"HERALD_POLL_GATHER"}},
 		{"NATS unreachable", map[string]string{
 			"HERALD_NATS_URL":             fmt.Sprintf("nats://127.0.0.1:%d", closedPort(t)),
 			"HERALD_NATS_CONNECT_TIMEOUT": "1s",

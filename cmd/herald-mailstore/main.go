@@ -168,7 +168,6 @@ func envName(err error) error {
 		"consumer config: AckWait", "HERALD_CONSUMER_ACK_WAIT",
 		"consumer config: MaxDeliver", "HERALD_CONSUMER_MAX_DELIVER",
 		"consumer config: MaxAckPending", "HERALD_CONSUMER_MAX_ACK_PENDING",
-		"consumer config: MaxBatch", "HERALD_CONSUMER_MAX_BATCH",
 		"consumer config: Workers", "HERALD_CONSUMER_WORKERS",
 		"Chown set to always", "HERALD_MAILSTORE_CHOWN=always",
 		"Chown is always", "HERALD_MAILSTORE_CHOWN is always",

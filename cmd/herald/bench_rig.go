@@ -514,6 +514,9 @@ func registerBridgeFlags(fs *flag.FlagSet) func() (bridgeTuning, error) {
 		if t.InFlight < 1 || t.InFlight > 64 {
 			return t, usageError{"--bridge-in-flight must be 1 to 64"}
 		}
+		if t.PollGather > time.Second {
+			return t, usageError{"--bridge-poll-gather must be at most 1s (negative: none)"}
+		}
 		return t, nil
 	}
 }

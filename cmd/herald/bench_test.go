@@ -168,6 +168,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "latency", "--filesync", "maybe"},
 		{"bench", "sustained", "--filesync", "both"},
 		{"bench", "capture", "--bridge-small-batch", "2000"},
+		{"bench", "latency", "--bridge-in-flight", "0"},
+		{"bench", "sustained", "--bridge-poll-gather", "5s"},
 		{"bench", "sustained", "--sync", "sometimes"},
 		{"bench", "drain", "--rows", "0"},
 		{"bench", "plot"},

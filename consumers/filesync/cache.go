@@ -166,9 +166,13 @@ type dirHandle struct {
 	refs    int
 	dropped bool
 	elem    *list.Element
-	// newDir is set when this process created the directory and its
-	// entry in its parent is not synced yet.
+	// newDir is set when this process created the directory.
 	newDir atomic.Bool
+	// syncParents is set until the directory's entries in its parents have
+	// been synced through this handle. A fresh handle cannot know whether
+	// whoever created the directory (another worker or process, or this
+	// one before the handle was evicted) synced them, so it does it once.
+	syncParents atomic.Bool
 }
 
 // dirCache keeps recently used directories open, at most max of them. A

@@ -363,8 +363,6 @@ func (s *Syncer) floorState() (change.Version, bool, error) {
 	return v, has, nil
 }
 
-// dropCaches forgets everything kept in memory: another process committed
-// to this root.
 // lockState takes the commit lock; if another process committed since
 // this one last held it, what is cached is read from disk again. The caller
 // releases the lock with s.lock.release.
@@ -379,6 +377,8 @@ func (s *Syncer) lockState() error {
 	return nil
 }
 
+// dropCaches forgets everything kept in memory: another process committed
+// to this root.
 func (s *Syncer) dropCaches() {
 	s.log.Debug("another process changed this root; reading the guard's state from disk again")
 	s.cache.dropAll()

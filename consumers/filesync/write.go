@@ -211,6 +211,13 @@ func (s *Syncer) publish(ws []*fileWrite) {
 		}
 		w.prior = st
 		if w.same != nil {
+			if err := s.stillAt(w); err != nil {
+				// Another process replaced or removed the file since it
+				// was found holding these bytes: write it anew.
+				s.cache.set(w.p, w.prior.unsure(false))
+				w.err = err
+				continue
+			}
 			if err := setAttrs(w.same, w.attrs); err != nil {
 				s.cache.set(w.p, w.prior.unsure(false))
 				w.err = fmt.Errorf("tagging %s with its version: %w", w.p, err)
@@ -229,6 +236,22 @@ func (s *Syncer) publish(ws []*fileWrite) {
 		w.done = true
 		s.cache.set(w.p, keyState{v: w.e.Version(), has: true, tomb: st.tomb, file: true, sum: w.sum})
 	}
+}
+
+// stillAt checks, under the commit lock, that the open file found holding
+// the change's bytes is still the file at its path.
+func (s *Syncer) stillAt(w *fileWrite) error {
+	var open, at unix.Stat_t
+	if err := unix.Fstat(int(w.same.Fd()), &open); err != nil {
+		return fmt.Errorf("checking %s: %w", w.p, err)
+	}
+	if err := unix.Fstatat(w.dir.fd, w.name, &at, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("checking %s: %w", w.p, err)
+	}
+	if open.Dev != at.Dev || open.Ino != at.Ino {
+		return fmt.Errorf("%s was replaced by another process while being applied; applying again", w.p)
+	}
+	return nil
 }
 
 // syncGroup is step 4: one fsync per directory that got a rename (and its
@@ -263,13 +286,13 @@ func (s *Syncer) syncGroup(ws []*fileWrite) {
 	}
 }
 
-// syncDirHandle makes the renames in h durable, and h's own entry in its
-// parents when h was created by this process and that is not done yet.
+// syncDirHandle makes the renames in h durable, and h's own entries in
+// its parents the first time through a handle.
 func (s *Syncer) syncDirHandle(h *dirHandle) error {
 	if err := h.f.Sync(); err != nil {
 		return fmt.Errorf("syncing directory %s: %w", h.path, err)
 	}
-	if !h.newDir.Load() {
+	if !h.syncParents.Load() {
 		return nil
 	}
 	for dir := h.path; dir != "."; {
@@ -278,7 +301,7 @@ func (s *Syncer) syncDirHandle(h *dirHandle) error {
 			return err
 		}
 	}
-	h.newDir.Store(false)
+	h.syncParents.Store(false)
 	return nil
 }
 
@@ -368,9 +391,8 @@ func (s *Syncer) openDir(dir string) (*dirHandle, error) {
 		return nil, fmt.Errorf("opening directory %s: %w", dir, err)
 	}
 	h := s.dirs.add(dir, f)
-	if created {
-		h.newDir.Store(true)
-	}
+	h.newDir.Store(created)
+	h.syncParents.Store(true)
 	return h, nil
 }
 

@@ -68,6 +68,9 @@ func (c *Consumer) Config(common *Common, durable string) (consumers.Config, err
 	if err != nil {
 		return consumers.Config{}, fmt.Errorf("HERALD_CONSUMER_DELIVER: %w", err)
 	}
+	if c.MaxBatch < 1 || c.MaxBatch > 1024 {
+		return consumers.Config{}, fmt.Errorf("HERALD_CONSUMER_MAX_BATCH %d: use 1 (one change at a time) to 1024", c.MaxBatch)
+	}
 	return consumers.Config{
 		Stream:        common.Stream,
 		Prefix:        common.SubjectPrefix,

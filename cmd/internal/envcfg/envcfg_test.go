@@ -57,6 +57,16 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "HERALD_CONSUMER_ACK_WAIT") {
 		t.Fatalf("Load with a bad duration = %v", err)
 	}
+	t.Setenv("HERALD_CONSUMER_ACK_WAIT", "30s")
+	for _, v := range []string{"0", "-1", "5000"} {
+		t.Setenv("HERALD_CONSUMER_MAX_BATCH", v)
+		if err := Load(&p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Consumer.Config(&p.Common, p.Durable); err == nil || !strings.Contains(err.Error(), "HERALD_CONSUMER_MAX_BATCH") {
+			t.Fatalf("HERALD_CONSUMER_MAX_BATCH=%s: %v", v, err)
+		}
+	}
 }
 
 func TestValidate(t *testing.T) {
