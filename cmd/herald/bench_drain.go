@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -46,23 +45,17 @@ type drainBridge struct {
 }
 
 type drainReport struct {
-	Scenario       string            `json:"scenario"`
-	Started        time.Time         `json:"started"`
-	Command        string            `json:"command"`
-	Machine        machineInfo       `json:"machine"`
-	PostgreSQL     string            `json:"postgresql"`
-	PGSettings     map[string]string `json:"postgresql_settings"`
-	NATS           natsSettings      `json:"nats"`
-	Rows           int64             `json:"rows"`
-	Payload        int               `json:"payload_bytes"`
-	AvgMsgBytes    float64           `json:"avg_message_bytes"`
-	BacklogSeconds float64           `json:"backlog_build_seconds"`
-	BridgeConf     bridgeTuning      `json:"bridge_config"`
-	Raw            drainRaw          `json:"raw_atomic_batch"`
-	RawLoad        [3]float64        `json:"raw_loadavg_start"`
-	RawFast        *drainRaw         `json:"raw_fast_batch,omitempty"`
-	Bridge         drainBridge       `json:"bridge"`
-	Ratio          float64           `json:"ratio_bridge_to_raw"`
+	reportHead
+	Rows           int64        `json:"rows"`
+	Payload        int          `json:"payload_bytes"`
+	AvgMsgBytes    float64      `json:"avg_message_bytes"`
+	BacklogSeconds float64      `json:"backlog_build_seconds"`
+	BridgeConf     bridgeTuning `json:"bridge_config"`
+	Raw            drainRaw     `json:"raw_atomic_batch"`
+	RawLoad        [3]float64   `json:"raw_loadavg_start"`
+	RawFast        *drainRaw    `json:"raw_fast_batch,omitempty"`
+	Bridge         drainBridge  `json:"bridge"`
+	Ratio          float64      `json:"ratio_bridge_to_raw"`
 }
 
 const drainTable = "bench_drain"
@@ -94,8 +87,7 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	batchSize := tune.BatchSize // the raw publisher's batches are the bridge's
-	rep := drainReport{Scenario: "drain", Started: time.Now().UTC(), Command: "herald bench drain " + strings.Join(args, " "),
-		Machine: readMachine(), NATS: benchNATSSettings(*sync), Rows: *rows, Payload: *payload, BridgeConf: tune}
+	rep := drainReport{reportHead: newReportHead("drain", args, *sync), Rows: *rows, Payload: *payload, BridgeConf: tune}
 
 	pg, err := startBenchPG(ctx, stdout)
 	if err != nil {

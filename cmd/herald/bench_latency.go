@@ -742,13 +742,7 @@ type latencyPhase struct {
 }
 
 type latencyReport struct {
-	Scenario      string            `json:"scenario"`
-	Started       time.Time         `json:"started"`
-	Command       string            `json:"command"`
-	Machine       machineInfo       `json:"machine"`
-	PostgreSQL    string            `json:"postgresql"`
-	PGSettings    map[string]string `json:"postgresql_settings"`
-	NATS          natsSettings      `json:"nats"`
+	reportHead
 	Keys          int               `json:"keys"`
 	Payload       int               `json:"payload_bytes"`
 	Writers       int               `json:"writers"`
@@ -805,8 +799,7 @@ func benchLatency(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *maxOther > 0 {
 		total *= *retries + 1
 	}
-	rep := latencyReport{Scenario: "latency", Started: time.Now().UTC(), Command: "herald bench latency " + strings.Join(args, " "),
-		Machine: readMachine(), NATS: benchNATSSettings(o.sync), Keys: o.keys, Payload: o.payload, Writers: o.writers, Workers: o.workers, BridgeConf: o.tune, PathTitles: pathTitles(), MaxOther: *maxOther}
+	rep := latencyReport{reportHead: newReportHead("latency", args, o.sync), Keys: o.keys, Payload: o.payload, Writers: o.writers, Workers: o.workers, BridgeConf: o.tune, PathTitles: pathTitles(), MaxOther: *maxOther}
 	r, err := startProbeRig(ctx, o, total, stdout)
 	if err != nil {
 		return err
@@ -941,13 +934,7 @@ type sustainedWindow struct {
 }
 
 type sustainedReport struct {
-	Scenario      string                  `json:"scenario"`
-	Started       time.Time               `json:"started"`
-	Command       string                  `json:"command"`
-	Machine       machineInfo             `json:"machine"`
-	PostgreSQL    string                  `json:"postgresql"`
-	PGSettings    map[string]string       `json:"postgresql_settings"`
-	NATS          natsSettings            `json:"nats"`
+	reportHead
 	Rate          float64                 `json:"rate_per_s"`
 	Filesync      bool                    `json:"filesync"`
 	Duration      string                  `json:"duration"`
@@ -997,8 +984,7 @@ func benchSustained(ctx context.Context, args []string, stdout, stderr io.Writer
 	if *duration < time.Second || *sample < 10*time.Millisecond || *window < *sample {
 		return usageError{"--duration must be at least 1s, --sample at least 10ms and --window at least --sample"}
 	}
-	rep := sustainedReport{Scenario: "sustained", Started: time.Now().UTC(), Command: "herald bench sustained " + strings.Join(args, " "),
-		Machine: readMachine(), NATS: benchNATSSettings(o.sync), Rate: *rate, Duration: duration.String(),
+	rep := sustainedReport{reportHead: newReportHead("sustained", args, o.sync), Rate: *rate, Duration: duration.String(),
 		Keys: o.keys, Payload: o.payload, Writers: o.writers, Workers: o.workers, BridgeConf: o.tune, PathTitles: pathTitles()}
 	r, err := startProbeRig(ctx, o, int(*rate*duration.Seconds())+1, stdout)
 	if err != nil {

@@ -39,6 +39,27 @@ import (
 )
 
 // natsSettings describes the NATS server a figure was measured against.
+// reportHead opens the JSON report of the drain, latency and sustained
+// scenarios: what ran, where, and with which PostgreSQL and NATS.
+type reportHead struct {
+	Scenario   string            `json:"scenario"`
+	Started    time.Time         `json:"started"`
+	Command    string            `json:"command"`
+	Machine    machineInfo       `json:"machine"`
+	PostgreSQL string            `json:"postgresql"`
+	PGSettings map[string]string `json:"postgresql_settings"`
+	NATS       natsSettings      `json:"nats"`
+}
+
+// newReportHead starts a report for `herald bench <scenario> <args>` with
+// NATS's sync_interval set to sync; PostgreSQL's fields come once it runs.
+func newReportHead(scenario string, args []string, sync string) reportHead {
+	return reportHead{
+		Scenario: scenario, Started: time.Now().UTC(), Command: "herald bench " + scenario + " " + strings.Join(args, " "),
+		Machine: readMachine(), NATS: benchNATSSettings(sync),
+	}
+}
+
 type natsSettings struct {
 	Version      string `json:"version"`
 	SyncInterval string `json:"sync_interval"` // "always" or a duration

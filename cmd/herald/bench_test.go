@@ -207,7 +207,7 @@ func requireSVG(t *testing.T, b []byte) {
 }
 
 func syntheticLatency() *latencyReport {
-	rep := &latencyReport{Scenario: "latency", NATS: benchNATSSettings("always"), Machine: machineInfo{NProc: 2}}
+	rep := &latencyReport{reportHead: reportHead{Scenario: "latency", NATS: benchNATSSettings("always"), Machine: machineInfo{NProc: 2}}}
 	for _, rate := range []float64{1000, 5000} {
 		ph := latencyPhase{Rate: rate, Paths: map[string]latencyStats{}}
 		for i, name := range probePathNames {
@@ -221,7 +221,7 @@ func syntheticLatency() *latencyReport {
 
 func TestPlotsAreSVG(t *testing.T) {
 	requireSVG(t, []byte(plotLatency(syntheticLatency())))
-	sus := &sustainedReport{Rate: 2000, Duration: "30s", NATS: benchNATSSettings("always")}
+	sus := &sustainedReport{reportHead: reportHead{NATS: benchNATSSettings("always")}, Rate: 2000, Duration: "30s"}
 	for i := range 30 {
 		sus.Samples = append(sus.Samples, sustainedSample{T: float64(i), BacklogRows: int64(i % 7), BacklogAge: float64(i % 5)})
 	}
