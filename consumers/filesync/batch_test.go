@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -332,4 +334,169 @@ func TestBatchesThroughTheRuntimeKeepTheNewest(t *testing.T) {
 		t.Fatalf("%v dead letters", n)
 	}
 	noTemps(t, dir)
+}
+
+// The fsyncs of a group run concurrently: every temporary file and every
+// directory is still synced before its change is reported, and a failed
+// fsync fails that change alone, which is then retried and lands.
+func TestGroupSyncFailureFailsOnlyItsChange(t *testing.T) {
+	dir := t.TempDir()
+	s := newSyncer(t, dir)
+	handle(t, s, env("same", 1, change.OpInsert, `{"same":true}`))
+
+	var mu sync.Mutex
+	synced := map[string]int{}
+	failing := true
+	injected := errors.New("injected fsync failure")
+	filesync.SetFsync(s, func(f *os.File) error {
+		// Files are named relative to the root, directories may not be.
+		name := strings.TrimPrefix(f.Name(), dir+string(os.PathSeparator))
+		mu.Lock()
+		fail := failing
+		mu.Unlock()
+		switch {
+		case fail && strings.HasPrefix(name, "k03/"+".herald-tmp-"): // a temporary file
+		case fail && name == "k07": // a directory, after its rename
+		case fail && name == "same/host_specific.json": // a file whose version moves
+		default:
+			if err := f.Sync(); err != nil {
+				return err
+			}
+			mu.Lock()
+			synced[name]++
+			mu.Unlock()
+			return nil
+		}
+		return injected
+	})
+
+	var batch []*change.Envelope
+	for k := range 20 {
+		batch = append(batch, env(fmt.Sprintf("k%02d", k), int64(10+k), change.OpInsert, fmt.Sprintf(`{"k":%d}`, k)))
+	}
+	batch = append(batch, env("same", 40, change.OpUpdate, `{"same":true}`))
+	errs := s.HandleBatch(context.Background(), batch)
+	failed := map[string]bool{"k03": true, "k07": true, "same": true}
+	for i, e := range batch {
+		key := e.Key[0]
+		if failed[key] {
+			if !errors.Is(errs[i], injected) {
+				t.Errorf("%s: %v, want the injected fsync failure", key, errs[i])
+			}
+			if v := applied(t, s, e); v == e.Version().String() {
+				t.Errorf("%s: Applied = %s although its fsync failed: the retry would be skipped", key, v)
+			}
+			continue
+		}
+		if errs[i] != nil {
+			t.Errorf("%s: %v, want applied", key, errs[i])
+			continue
+		}
+		if got := readFile(t, dir, key); got != fmt.Sprintf(`{"k":%d}`, i) {
+			t.Errorf("%s holds %q", key, got)
+		}
+		mu.Lock()
+		dirSyncs, tempSyncs := synced[key], 0
+		for name, n := range synced {
+			if strings.HasPrefix(name, key+"/.herald-tmp-") {
+				tempSyncs += n
+			}
+		}
+		mu.Unlock()
+		if dirSyncs != 1 || tempSyncs != 1 {
+			t.Errorf("%s: its directory synced %d times and its temporary file %d times, want once each", key, dirSyncs, tempSyncs)
+		}
+	}
+	if got := readFile(t, dir, "k03"); got != "" {
+		t.Errorf("k03, whose temporary file failed to sync, was renamed into place: %q", got)
+	}
+	noTemps(t, dir)
+
+	// The failed changes are retried (the runtime redelivers them) and land.
+	mu.Lock()
+	failing = false
+	clear(synced)
+	mu.Unlock()
+	var retry []*change.Envelope
+	for i, e := range batch {
+		if errs[i] != nil {
+			retry = append(retry, e)
+		}
+	}
+	for i, err := range s.HandleBatch(context.Background(), retry) {
+		if err != nil {
+			t.Fatalf("retrying %s: %v", retry[i].Key[0], err)
+		}
+	}
+	for key, want := range map[string]string{"k03": `{"k":3}`, "k07": `{"k":7}`} {
+		if got := readFile(t, dir, key); got != want {
+			t.Errorf("%s holds %q after the retry, want %s", key, got, want)
+		}
+	}
+	// k07's file already holds its bytes: only its version moves, but its
+	// directory, whose rename was never made durable, is synced too.
+	for _, p := range []string{"k03", "k07", "k07/host_specific.json", "same/host_specific.json"} {
+		if synced[p] == 0 {
+			t.Errorf("the retry did not sync %s", p)
+		}
+	}
+	if v := xattr(t, hostFile(dir, "same"), filesync.XattrVersion); v != "1:40" {
+		t.Errorf("same: version %q after the retry, want 1:40", v)
+	}
+	if v := applied(t, s, batch[7]); v != "1:17" {
+		t.Errorf("k07: Applied = %s after the retry, want 1:17", v)
+	}
+	noTemps(t, dir)
+}
+
+// A group commit holds each file it replaces open until the replacement is
+// renamed in (so that freeing it happens outside the commit lock), and
+// then lets it go: no descriptor is left behind, and a reader holding the
+// old file open keeps reading the old content from the old inode.
+func TestReplacedFilesAreReleased(t *testing.T) {
+	dir := t.TempDir()
+	s := newSyncer(t, dir)
+	group := func(round int) {
+		t.Helper()
+		var batch []*change.Envelope
+		for k := range 10 {
+			batch = append(batch, env(fmt.Sprintf("r%d", k), int64(100*round+k), change.OpUpdate, fmt.Sprintf(`{"round":%d}`, round)))
+		}
+		for i, err := range s.HandleBatch(context.Background(), batch) {
+			if err != nil {
+				t.Fatalf("round %d, %s: %v", round, batch[i].Key[0], err)
+			}
+		}
+	}
+	openFDs := func() int {
+		t.Helper()
+		fds, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(fds)
+	}
+	group(1) // the directories are now open and kept
+	reader, err := os.Open(hostFile(dir, "r0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	before := openFDs()
+	for round := 2; round <= 4; round++ {
+		group(round)
+	}
+	if after := openFDs(); after != before {
+		t.Fatalf("%d descriptors open after three groups, %d before", after, before)
+	}
+	old, err := io.ReadAll(reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(old) != "{\"round\":1}\n" {
+		t.Fatalf("a reader of the replaced file read %q, want its old content", old)
+	}
+	if got := readFile(t, dir, "r0"); got != `{"round":4}` {
+		t.Fatalf("r0 holds %q, want round 4", got)
+	}
 }

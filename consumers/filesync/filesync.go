@@ -97,6 +97,10 @@ type Syncer struct {
 	dirs   *dirCache
 	sumKey maphash.Seed
 
+	// fsync makes a file or directory durable: (*os.File).Sync, which is
+	// fsync(2). Tests replace it to make one file's sync fail.
+	fsync func(*os.File) error
+
 	written   prometheus.Counter
 	unchanged prometheus.Counter
 	removed   prometheus.Counter
@@ -141,6 +145,7 @@ func New(cfg Config, opts ...Option) (*Syncer, error) {
 		cache:   newStateCache(maxCachedKeys),
 		dirs:    newDirCache(dirCacheSize()),
 		sumKey:  maphash.MakeSeed(),
+		fsync:   (*os.File).Sync,
 	}
 	if len(cfg.Keys) > 0 {
 		s.allowed = make(map[string]bool, len(cfg.Keys))
@@ -642,7 +647,7 @@ func (s *Syncer) syncDir(dir string) error {
 		return fmt.Errorf("opening directory %s to sync it: %w", dir, err)
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := s.fsync(d); err != nil {
 		return fmt.Errorf("syncing directory %s: %w", dir, err)
 	}
 	return nil

@@ -33,6 +33,7 @@ type fileWrite struct {
 	tmp     *os.File // the temporary file, until it is closed
 	tmpName string   // its name in dir, until it is renamed or removed
 	same    *os.File // the file already holds data: only its version moves
+	old     int      // 1 + an O_PATH descriptor of the file the rename replaces; 0: none
 	prior   keyState // the key's state when the commit checked it
 	done    bool     // the change is on disk (renamed, or its version moved)
 	stale   bool     // the commit found a newer version on disk
@@ -52,6 +53,13 @@ type fileWrite struct {
 //  4. fsync each directory once, which makes the renames durable;
 //  5. remove the tombstones the new files make redundant.
 //
+// The fsyncs of steps 2 and 4 run concurrently (see syncPool): each one
+// waits for the device, so in sequence a group cost one device flush per
+// file and per directory. Step 2 overlaps step 1: a temporary file is
+// handed to the syncers as soon as it is written, while the next one is
+// created. Every file is still synced before step 3 starts, and every
+// directory before the group is reported.
+//
 // A change is reported applied only after step 4 (5 when it had a
 // tombstone); one that fails at any step is reported alone, and its
 // temporary file is removed.
@@ -65,24 +73,16 @@ func (s *Syncer) commitWrites(ws []*fileWrite, errs []error) {
 			errs[w.i] = w.err
 		}
 	}()
+	sy := newSyncPool(len(ws))
 	for _, w := range ws {
 		s.prepare(w)
-	}
-	for _, w := range ws {
 		if w.err != nil || w.tmp == nil {
 			continue
 		}
-		err := w.tmp.Sync()
-		if err != nil {
-			w.err = fmt.Errorf("syncing %s: %w", w.tmp.Name(), err)
-			continue
-		}
-		err = w.tmp.Close()
-		w.tmp = nil
-		if err != nil {
-			w.err = fmt.Errorf("closing %s: %w", path.Join(w.dir.path, w.tmpName), err)
-		}
+		// Only this function touches w until sy.wait returns.
+		sy.do(func() { s.syncTemp(w) })
 	}
+	sy.wait()
 	s.publish(ws)
 	s.syncGroup(ws)
 	s.clearTombstones(ws)
@@ -166,6 +166,56 @@ func (s *Syncer) prepare(w *fileWrite) {
 	}
 	if err := setAttrs(w.tmp, w.attrs); err != nil {
 		w.err = fmt.Errorf("tagging %s with its version: %w", w.tmp.Name(), err)
+		return
+	}
+	w.holdOld()
+}
+
+// holdOld opens the file the rename will replace, without reading it, so
+// that the rename does not free it: the last reference goes when this
+// descriptor is closed, after the commit lock is released (see releaseOld).
+// Freeing a file is not cheap: its blocks and its attribute block go back to
+// the file system, and on a file system mounted with discard every freed
+// extent is a discard the device must finish before the call returns. Done
+// in the rename, that cost fell under the table's commit lock, one file
+// after another. If the file is not there (a new key) or is replaced before
+// the rename, nothing is lost: the rename then frees what it replaces, as
+// before.
+func (w *fileWrite) holdOld() {
+	fd, err := unix.Openat(w.dir.fd, w.name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		w.old = fd + 1
+	}
+}
+
+// releaseOld closes what holdOld opened; when the rename replaced that file,
+// the file system frees it now, in this thread.
+func (w *fileWrite) releaseOld() {
+	if w.old != 0 {
+		_ = unix.Close(w.old - 1)
+		w.old = 0
+	}
+}
+
+// syncTemp is step 2 for one temporary file: fsync, then close.
+//
+// Why fsync and not fdatasync: the file's extended attributes (its version,
+// table and key) must be as durable as its content before the rename. After
+// a crash, a renamed file whose content survived but whose attributes did
+// not would carry no version: the guard would let an older, redelivered
+// change overwrite it, and a truncate would not recognise it as filesync's.
+// fdatasync promises only the data and what is needed to read it back (the
+// size, the block map), not extended attributes or the mode. It would not
+// even save work here: the file is new, so its inode must be written anyway.
+func (s *Syncer) syncTemp(w *fileWrite) {
+	if err := s.fsync(w.tmp); err != nil {
+		w.err = fmt.Errorf("syncing %s: %w", w.tmp.Name(), err)
+		return
+	}
+	err := w.tmp.Close()
+	w.tmp = nil
+	if err != nil {
+		w.err = fmt.Errorf("closing %s: %w", path.Join(w.dir.path, w.tmpName), err)
 	}
 }
 
@@ -256,31 +306,50 @@ func (s *Syncer) stillAt(w *fileWrite) error {
 
 // syncGroup is step 4: one fsync per directory that got a rename (and its
 // parents, when it was just created), one per file whose version moved (and
-// its directory too, when an earlier rename there failed to be synced).
+// its directory too, when an earlier rename there failed to be synced). The
+// fsyncs run concurrently; a change is kept done only if every fsync it
+// needs succeeded.
 func (s *Syncer) syncGroup(ws []*fileWrite) {
-	synced := make(map[*dirHandle]error)
-	for _, w := range ws {
+	needDir := func(w *fileWrite) bool { return w.same == nil || w.prior.unsynced }
+	fileErrs := make([]error, len(ws))
+	dirErrs := make(map[*dirHandle]*error)
+	sy := newSyncPool(len(ws))
+	for i, w := range ws {
+		if w.old != 0 {
+			sy.do(w.releaseOld)
+		}
 		if !w.done {
 			continue
 		}
-		var err error
 		if w.same != nil {
-			if err = w.same.Sync(); err != nil {
-				err = fmt.Errorf("syncing %s: %w", w.p, err)
-			}
+			sy.do(func() {
+				if err := s.fsync(w.same); err != nil {
+					fileErrs[i] = fmt.Errorf("syncing %s: %w", w.p, err)
+				}
+			})
 		}
-		if err == nil && (w.same == nil || w.prior.unsynced) {
-			var ok bool
-			if err, ok = synced[w.dir]; !ok {
-				err = s.syncDirHandle(w.dir)
-				synced[w.dir] = err
-			}
+		if _, ok := dirErrs[w.dir]; ok || !needDir(w) {
+			continue
+		}
+		derr := new(error)
+		dirErrs[w.dir] = derr
+		h := w.dir
+		sy.do(func() { *derr = s.syncDirHandle(h) })
+	}
+	sy.wait()
+	for i, w := range ws {
+		if !w.done {
+			continue
+		}
+		err := fileErrs[i]
+		if err == nil && needDir(w) {
+			err = *dirErrs[w.dir]
 		}
 		if err != nil {
 			// The new version is on disk but maybe not durable: remember
 			// the one before, so that the retry writes it again instead
 			// of finding it applied. (The cache stays below the truth.)
-			s.cache.set(w.p, w.prior.unsure(w.same == nil || w.prior.unsynced))
+			s.cache.set(w.p, w.prior.unsure(needDir(w)))
 			w.done, w.err = false, err
 		}
 	}
@@ -289,7 +358,7 @@ func (s *Syncer) syncGroup(ws []*fileWrite) {
 // syncDirHandle makes the renames in h durable, and h's own entries in
 // its parents the first time through a handle.
 func (s *Syncer) syncDirHandle(h *dirHandle) error {
-	if err := h.f.Sync(); err != nil {
+	if err := s.fsync(h.f); err != nil {
 		return fmt.Errorf("syncing directory %s: %w", h.path, err)
 	}
 	if !h.syncParents.Load() {
@@ -359,6 +428,7 @@ func (s *Syncer) cleanup(w *fileWrite) {
 		_ = w.same.Close()
 		w.same = nil
 	}
+	w.releaseOld()
 	if w.dir != nil {
 		if w.tmpName != "" {
 			_ = unix.Unlinkat(w.dir.fd, w.tmpName, 0)
