@@ -106,6 +106,9 @@ type Hooks struct {
 	// just after the transactions that may have read it closed were listed.
 	BeforeGateOpen func()
 	AfterGateOpen  func()
+	// BeforeRead runs in the drain loop before each read of the log;
+	// blocking it holds the loop.
+	BeforeRead func()
 	// BeforeFlight runs in a flight's goroutine before it publishes the
 	// changes with these log ids; blocking it holds the flight in the air.
 	BeforeFlight func(ids []int64)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
@@ -75,10 +76,14 @@ type drainer struct {
 	recoverThrough int64
 	recoverRows    int
 	flights        []*flight // batches being published while the next is read
-	backlogged     bool      // the last read was a full batch
-	lastRead       time.Time
-	maxPayload     int64
-	stream         jetstream.Stream
+	// read holds the transactions whose changes a read has returned, in two
+	// generations (the older one is dropped when the newer fills up): a
+	// notification from one of them needs no read of its own.
+	read, readBefore map[int64]struct{}
+	backlogged       bool // the last read was a full batch
+	lastRead         time.Time
+	maxPayload       int64
+	stream           jetstream.Stream
 }
 
 func newDrainer(b *Bridge, conn *pgx.Conn, source string, epoch int64) *drainer {
@@ -205,20 +210,28 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 		// read; when no change comes to prompt one, this timer does.
 		deadline = minTime(deadline, now.Add(settleAfter))
 	}
-	timedOut, err := d.sleep(ctx, deadline)
-	for err == nil && !d.gateOpen && time.Now().Before(deadline) {
-		// Polling: a notification (sent by a writer that read the gate
-		// before it closed, or queued since) needs no read of its own; the
-		// read at the deadline covers it.
-		timedOut, err = d.sleep(ctx, deadline)
-	}
-	switch {
-	case err == nil:
-		return true, "notify", nil
-	case ctx.Err() != nil:
-		return false, "", ctx.Err()
-	case !timedOut:
-		return false, "", fmt.Errorf("waiting for notifications: %w", err)
+	for {
+		n, timedOut, err := d.sleep(ctx, deadline)
+		switch {
+		case ctx.Err() != nil:
+			return false, "", ctx.Err()
+		case err != nil && !timedOut:
+			return false, "", fmt.Errorf("waiting for notifications: %w", err)
+		case err == nil && d.gateOpen:
+			if !d.covered(n) {
+				return true, "notify", nil
+			}
+			// Its transaction was read already (under load, most
+			// notifications arrive after the read that returned their
+			// changes): no read of its own.
+			d.m.covered.Inc()
+		}
+		// Polling, a notification (sent by a writer that read the gate
+		// before it closed, or queued since) needs no read of its own
+		// either: the read at the deadline covers it.
+		if err != nil || !time.Now().Before(deadline) {
+			break
+		}
 	}
 	now = time.Now()
 	if d.recheck != nil && !now.Before(d.nextRecheck) {
@@ -248,11 +261,49 @@ func (d *drainer) wait(ctx context.Context) (bool, string, error) {
 
 // sleep waits on the connection for a notification until deadline;
 // timedOut is true when the deadline ended it.
-func (d *drainer) sleep(ctx context.Context, deadline time.Time) (timedOut bool, err error) {
+func (d *drainer) sleep(ctx context.Context, deadline time.Time) (n *pgconn.Notification, timedOut bool, err error) {
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	_, err = d.conn.WaitForNotification(wctx)
-	return wctx.Err() != nil, err
+	n, err = d.conn.WaitForNotification(wctx)
+	return n, wctx.Err() != nil, err
+}
+
+// readGeneration is how many transactions each generation of d.read holds
+// before the older one is dropped: at least the last 4,096 transactions
+// read are remembered, far more than the notifications queued at any time.
+const readGeneration = 4096
+
+// noteRead remembers the transactions whose changes rows holds.
+func (d *drainer) noteRead(rows []logRow) {
+	for _, r := range rows {
+		if d.read == nil || len(d.read) >= readGeneration {
+			d.read, d.readBefore = make(map[int64]struct{}, readGeneration), d.read
+		}
+		d.read[r.txid] = struct{}{}
+	}
+}
+
+// covered says whether a notification's transaction was read completely
+// already. The capture triggers notify with their transaction's id. A
+// transaction notifies when it commits, so a read that returned any of its
+// changes saw all of them; the reads that returned fewer than a full batch
+// (the loop reads again at once after a full one, and waits only after one
+// that was not full) returned every visible change not already read. Any
+// other payload (an older trigger's empty one, a manual NOTIFY) is not
+// covered.
+func (d *drainer) covered(n *pgconn.Notification) bool {
+	if n == nil || d.backlogged {
+		return false
+	}
+	txid, err := strconv.ParseInt(n.Payload, 10, 64)
+	if err != nil {
+		return false
+	}
+	if _, ok := d.read[txid]; ok {
+		return true
+	}
+	_, ok := d.readBefore[txid]
+	return ok
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -406,12 +457,16 @@ func (d *drainer) drainOnce(ctx context.Context) (int, error) {
 	if err := d.reap(ctx, wait); err != nil {
 		return 0, err
 	}
+	if h := d.cfg.Hooks; h != nil && h.BeforeRead != nil {
+		h.BeforeRead()
+	}
 	d.lastRead = time.Now()
 	rows, err := d.fetch(ctx)
 	if err != nil {
 		return 0, err
 	}
 	d.backlogged = len(rows) == d.cfg.BatchSize
+	d.noteRead(rows)
 	if len(rows) == 0 {
 		return 0, nil
 	}

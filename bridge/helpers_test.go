@@ -102,10 +102,10 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 // runBridge runs a bridge in this process until the test ends or stop is
 // called; stop returns Run's error.
-func (r *rig) runBridge(cfg bridge.Config) (b *bridge.Bridge, stop func() error) {
+func (r *rig) runBridge(cfg bridge.Config, opts ...bridge.Option) (b *bridge.Bridge, stop func() error) {
 	r.t.Helper()
 	nc := r.ns.Connect(r.t, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	b, err := bridge.New(r.dsn, nc, cfg, bridge.WithLogger(testLogger(r.t)))
+	b, err := bridge.New(r.dsn, nc, cfg, append([]bridge.Option{bridge.WithLogger(testLogger(r.t))}, opts...)...)
 	require.NoError(r.t, err)
 	ctx, cancel := context.WithCancel(r.ctx)
 	done := make(chan error, 1)

@@ -19,6 +19,7 @@ type metrics struct {
 	purges         prometheus.Counter
 	publishErrors  prometheus.Counter
 	inFlight       prometheus.Gauge
+	covered        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -70,11 +71,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_bridge_batches_in_flight", Help: "Batches published and not yet acknowledged.",
 		}),
+		covered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_bridge_notifications_covered_total", Help: "Notifications that started no read: a read had returned their transaction's changes already.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.batches, m.batchSize, m.publishSeconds, m.backlogRows, m.oldestSeconds,
 			m.leader, m.gateOpen, m.reconnects, m.markers, m.wakeups, m.skipped, m.purges, m.publishErrors,
-			m.inFlight)
+			m.inFlight, m.covered)
 	}
 	return m
 }

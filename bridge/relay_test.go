@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/herald-cdc/herald/bridge"
@@ -477,4 +478,77 @@ func TestTakeoverSkipsWhatAnEarlierLeaderPublished(t *testing.T) {
 	for _, e := range envelopes(t, r.streamMsgs("HERALD")) {
 		require.Equal(t, "alpha", e.Source, "change %d stored again by the next leader", e.ID)
 	}
+}
+
+// TestNotificationsOfReadTransactionsStartNoRead: with the gate open, a
+// notification whose transaction a read has returned already starts no
+// read of its own, and skipping them loses nothing, also when a
+// transaction spans several batches.
+func TestNotificationsOfReadTransactionsStartNoRead(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.exec(`CREATE TABLE nr (id int PRIMARY KEY, v int)`)
+	r.watch("nr")
+	var hold atomic.Bool
+	held, release := make(chan struct{}, 1), make(chan struct{})
+	hooks := &bridge.Hooks{BeforeRead: func() {
+		if hold.CompareAndSwap(true, false) {
+			held <- struct{}{}
+			<-release
+		}
+	}}
+	reg := prometheus.NewRegistry()
+	r.runBridge(bridge.Config{Preset: bridge.PresetLog, PollInterval: time.Hour, BatchSize: 4, SmallBatch: 4, Hooks: hooks},
+		bridge.WithRegisterer(reg))
+	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
+	notifyBefore := counterValue(t, reg, "herald_bridge_wakeups_total", "notify")
+
+	// The first commit wakes the bridge, whose read is held while nine more
+	// transactions commit and notify. The read, and the reads right after
+	// it (the batch is full), return all ten; their nine notifications
+	// arrive afterwards and are covered.
+	hold.Store(true)
+	r.exec(`INSERT INTO nr VALUES (1, 0)`)
+	select {
+	case <-held:
+	case <-time.After(time.Minute):
+		t.Fatal("the first commit's notification started no read")
+	}
+	for i := 2; i <= 10; i++ {
+		r.exec(`INSERT INTO nr VALUES ($1, 0)`, i)
+	}
+	close(release)
+	r.waitDrained("HERALD", 10, time.Minute)
+	testproc.WaitFor(t, time.Minute, "nine covered notifications", func() bool {
+		return counterValue(t, reg, "herald_bridge_notifications_covered_total", "") >= 9
+	})
+	require.Equal(t, 9.0, counterValue(t, reg, "herald_bridge_notifications_covered_total", ""))
+	require.Equal(t, 1.0, counterValue(t, reg, "herald_bridge_wakeups_total", "notify")-notifyBefore,
+		"reads started by a notification")
+
+	// One transaction of ten changes, batches of four: its notification
+	// comes after the first read, which was full, so the bridge keeps
+	// reading; with the safety poll at an hour, anything skipped wrongly
+	// would never arrive.
+	r.exec(`UPDATE nr SET v = 1`)
+	r.waitDrained("HERALD", 20, time.Minute)
+	require.Equal(t, 0, r.backlog())
+}
+
+// counterValue reads a counter from reg, with the given value of its one
+// label ("" for a counter without labels); 0 when it was never set.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label == "" || (len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label) {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }

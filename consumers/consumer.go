@@ -423,47 +423,60 @@ func (c *Consumer) decode(m jetstream.Msg) (*change.Envelope, bool) {
 	return e, true
 }
 
-// apply runs the guard and the handler for the newest change of a key and
-// settles it and the changes it superseded: ack on success or when stale,
-// nak with backoff on a retryable failure, dead letter when permanent or
-// out of deliveries.
+// apply applies one change with Handle and settles it, with the messages
+// it superseded.
 func (c *Consumer) apply(m jetstream.Msg, e *change.Envelope, superseded []jetstream.Msg) {
 	ctx, cancel := context.WithTimeout(c.base, c.cfg.AckWait)
 	defer cancel()
-	log := c.log.With("subject", m.Subject(), "version", e.Version().String(), "op", e.Op)
-
-	if len(superseded) > 0 {
-		// They waited in the quiet period; restart their ack timers so the
-		// server does not redeliver them while the newest is applied.
-		for _, s := range superseded {
-			_ = s.InProgress()
-		}
-		_ = m.InProgress()
-	}
-
-	if c.guard != nil {
-		v, ok, err := c.guard.Applied(ctx, e)
-		if err != nil {
-			c.fail(log, m, superseded, fmt.Errorf("reading the applied version: %w", err))
-			return
-		}
-		if ok && !v.Less(e.Version()) {
-			log.Debug("stale change skipped", "applied", v.String())
-			c.m.staleSkipped.Inc()
-			c.ack(m, superseded)
-			return
-		}
-	}
-
-	start := time.Now()
-	err := c.callHandler(ctx, e)
-	c.m.apply.Observe(time.Since(start).Seconds())
-	if err == nil {
-		c.m.processed.Inc()
-		c.ack(m, superseded)
+	r := ready{msg: m, env: e, superseded: superseded}
+	if !c.admit(ctx, r) {
 		return
 	}
-	c.fail(log, m, superseded, err)
+	start := time.Now()
+	err := c.callHandler(ctx, e)
+	c.settleApplied(r, err, time.Since(start).Seconds())
+}
+
+// admit prepares a change for its handler: it restarts the ack timers of
+// the messages it superseded (they may have waited in a quiet period) and
+// runs the stale-version guard. It returns false when the change was
+// settled already: stale (acked) or the guard failed (retried).
+func (c *Consumer) admit(ctx context.Context, r ready) bool {
+	if len(r.superseded) > 0 {
+		for _, s := range r.superseded {
+			_ = s.InProgress()
+		}
+		_ = r.msg.InProgress()
+	}
+	if c.guard == nil {
+		return true
+	}
+	v, ok, err := c.guard.Applied(ctx, r.env)
+	if err != nil {
+		c.fail(c.changeLog(r.msg, r.env), r.msg, r.superseded, fmt.Errorf("reading the applied version: %w", err))
+		return false
+	}
+	if ok && !v.Less(r.env.Version()) {
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			c.changeLog(r.msg, r.env).Debug("stale change skipped", "applied", v.String())
+		}
+		c.m.staleSkipped.Inc()
+		c.ack(r.msg, r.superseded)
+		return false
+	}
+	return true
+}
+
+// settleApplied acks a change its handler applied, or retries or
+// dead-letters it after err; took is the handler's time in seconds.
+func (c *Consumer) settleApplied(r ready, err error, took float64) {
+	c.m.apply.Observe(took)
+	if err == nil {
+		c.m.processed.Inc()
+		c.ack(r.msg, r.superseded)
+		return
+	}
+	c.fail(c.changeLog(r.msg, r.env), r.msg, r.superseded, err)
 }
 
 // applyReady applies changes of distinct keys: one by one with Handle, or in
@@ -491,30 +504,9 @@ func (c *Consumer) applyBatch(rs []ready) {
 
 	todo := make([]ready, 0, len(rs))
 	for _, r := range rs {
-		if len(r.superseded) > 0 {
-			// Restart their ack timers while the newest is applied (they
-			// may have waited in a quiet period).
-			for _, s := range r.superseded {
-				_ = s.InProgress()
-			}
-			_ = r.msg.InProgress()
+		if c.admit(ctx, r) {
+			todo = append(todo, r)
 		}
-		if c.guard != nil {
-			v, ok, err := c.guard.Applied(ctx, r.env)
-			if err != nil {
-				c.fail(c.changeLog(r.msg, r.env), r.msg, r.superseded, fmt.Errorf("reading the applied version: %w", err))
-				continue
-			}
-			if ok && !v.Less(r.env.Version()) {
-				if c.log.Enabled(ctx, slog.LevelDebug) {
-					c.changeLog(r.msg, r.env).Debug("stale change skipped", "applied", v.String())
-				}
-				c.m.staleSkipped.Inc()
-				c.ack(r.msg, r.superseded)
-				continue
-			}
-		}
-		todo = append(todo, r)
 	}
 	if len(todo) == 0 {
 		return
@@ -528,13 +520,7 @@ func (c *Consumer) applyBatch(rs []ready) {
 	took := time.Since(start).Seconds()
 	c.m.batchSize.Observe(float64(len(todo)))
 	for i, r := range todo {
-		c.m.apply.Observe(took)
-		if errs[i] == nil {
-			c.m.processed.Inc()
-			c.ack(r.msg, r.superseded)
-			continue
-		}
-		c.fail(c.changeLog(r.msg, r.env), r.msg, r.superseded, errs[i])
+		c.settleApplied(r, errs[i], took)
 	}
 }
 

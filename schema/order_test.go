@@ -227,8 +227,20 @@ func TestGatedNotify(t *testing.T) {
 	}))
 	require.Equal(t, 3, notifications(t, e, c))
 
+	// The payload is the transaction's id, as logged with its changes: the
+	// bridge skips notifications of transactions it has read already.
+	e.exec(`INSERT INTO g VALUES (60, 0), (61, 0)`)
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	msg, err := c.WaitForNotification(ctx)
+	cancel()
+	require.NoError(t, err)
+	var txids []string
+	require.NoError(t, e.pool.QueryRow(e.ctx, `SELECT array_agg(DISTINCT txid::text) FROM herald.log WHERE key IN ('{60}', '{61}')`).Scan(&txids))
+	require.Equal(t, []string{msg.Payload}, txids)
+	require.Equal(t, 0, notifications(t, e, c), "one notification for the two rows")
+
 	// Rolled back: the notification goes with it.
-	err := pgx.BeginFunc(e.ctx, e.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(e.ctx, e.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(e.ctx, `INSERT INTO g VALUES (100, 1)`); err != nil {
 			return err
 		}

@@ -435,7 +435,7 @@ BEGIN
     INSERT INTO herald.log (schema_name, table_name, op, key, new)
     VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'insert', ARRAY[NEW.id::text], to_jsonb(NEW));
     IF EXISTS (SELECT FROM herald.gate WHERE armed_until > now()) THEN
-        PERFORM pg_notify('herald', '');
+        PERFORM pg_notify('herald', pg_current_xact_id()::text);
     END IF;
     RETURN NULL;
 END $$;

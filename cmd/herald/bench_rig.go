@@ -275,6 +275,7 @@ type bridgeStats struct {
 	MeanBatch    float64            `json:"mean_batch"`
 	MeanPublish  map[string]float64 `json:"mean_publish_ms_by_kind"`
 	Wakeups      map[string]float64 `json:"wakeups_by_reason"`
+	Covered      float64            `json:"notifications_covered"`
 	PublishError float64            `json:"publish_errors"`
 }
 
@@ -304,6 +305,7 @@ func parseBridgeStats(m map[string]float64) *bridgeStats {
 	}
 	s.Published = m["herald_bridge_published_total"]
 	s.PublishError = m["herald_bridge_publish_errors_total"]
+	s.Covered = m["herald_bridge_notifications_covered_total"]
 	if n := m["herald_bridge_batch_size_count"]; n > 0 {
 		s.MeanBatch = m["herald_bridge_batch_size_sum"] / n
 	}
@@ -326,8 +328,8 @@ func (s *bridgeStats) String() string {
 		}
 		return strings.Join(parts, ", ")
 	}
-	return fmt.Sprintf("published %.0f in batches of %.1f on average; batches: %s; mean publish→ack ms: %s; drains by reason: %s",
-		s.Published, s.MeanBatch, kinds(s.Batches, "%.0f"), kinds(s.MeanPublish, "%.2f"), kinds(s.Wakeups, "%.0f"))
+	return fmt.Sprintf("published %.0f in batches of %.1f on average; batches: %s; mean publish→ack ms: %s; drains by reason: %s; notifications of transactions read already: %.0f",
+		s.Published, s.MeanBatch, kinds(s.Batches, "%.0f"), kinds(s.MeanPublish, "%.2f"), kinds(s.Wakeups, "%.0f"), s.Covered)
 }
 
 // untilParentGone returns a context cancelled with ctx or once standard

@@ -328,6 +328,7 @@ func TestBridgeStats(t *testing.T) {
 		"herald_bridge_publish_seconds{kind=atomic}_sum":   0.03,
 		"herald_bridge_publish_seconds{kind=atomic}_count": 3,
 		"herald_bridge_wakeups_total{reason=poll}":         7,
+		"herald_bridge_notifications_covered_total":        4,
 	}, map[string]float64{
 		"herald_bridge_published_total":           10,
 		"herald_bridge_batches_total{kind=async}": 5,
@@ -339,6 +340,7 @@ func TestBridgeStats(t *testing.T) {
 	require.InDelta(t, 10, s.MeanBatch, 1e-9)
 	require.InDelta(t, 10, s.MeanPublish["atomic"], 1e-9)
 	require.Equal(t, map[string]float64{"poll": 7}, s.Wakeups)
+	require.Equal(t, 4.0, s.Covered)
 	require.Contains(t, s.String(), "published 100")
 }
 
