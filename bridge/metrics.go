@@ -20,6 +20,7 @@ type metrics struct {
 	publishErrors  prometheus.Counter
 	inFlight       prometheus.Gauge
 	covered        prometheus.Counter
+	gateCloses     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -74,11 +75,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		covered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_bridge_notifications_covered_total", Help: "Notifications that started no read: a read had returned their transaction's changes already.",
 		}),
+		gateCloses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_bridge_gate_closes_total", Help: "Times the wake-up gate closed, by reason (rate: the change rate reached the close rate; queue: writers queued on NOTIFY's lock; nats: publishing failed).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.batches, m.batchSize, m.publishSeconds, m.backlogRows, m.oldestSeconds,
 			m.leader, m.gateOpen, m.reconnects, m.markers, m.wakeups, m.skipped, m.purges, m.publishErrors,
-			m.inFlight, m.covered)
+			m.inFlight, m.covered, m.gateCloses)
 	}
 	return m
 }

@@ -77,6 +77,10 @@ func (g *rateGate) wantOpen(now time.Time, open bool) bool {
 	return now.Sub(g.lowSince) >= g.reopenAfter
 }
 
+// queued notes that writers queued on NOTIFY's lock: the gate closes, and
+// the low-rate period that reopens it starts afresh.
+func (g *rateGate) queued() { g.lowSince = time.Time{} }
+
 // reset forgets the history, as after a reconnect.
 func (g *rateGate) reset() {
 	for i := range g.counts {

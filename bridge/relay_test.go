@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -551,4 +552,48 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) fl
 		}
 	}
 	return 0
+}
+
+// TestWritersQueuedOnNotifyCloseTheGate: writers that queue on NOTIFY's
+// commit lock close the gate even when the change rate they manage stays
+// below the close rate (here out of reach), and every change arrives.
+func TestWritersQueuedOnNotifyCloseTheGate(t *testing.T) {
+	// fsync on: each commit holds NOTIFY's lock across a real WAL flush, as
+	// in production, so writers queue on it.
+	r := newRig(t, rigOptions{cluster: pgtest.NewCluster(t, pgtest.Options{Settings: map[string]string{"fsync": "on"}})})
+	r.exec(`CREATE TABLE q (id bigint PRIMARY KEY)`)
+	r.watch("q")
+	reg := prometheus.NewRegistry()
+	r.runBridge(bridge.Config{Preset: bridge.PresetLog, CloseRate: 1e9, OpenRate: 1, ReopenAfter: time.Hour}, bridge.WithRegisterer(reg))
+	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
+
+	pcfg, err := pgxpool.ParseConfig(r.dsn)
+	require.NoError(t, err)
+	pcfg.MaxConns = 16 // one connection per writer
+	writers, err := pgxpool.NewWithConfig(r.ctx, pcfg)
+	require.NoError(t, err)
+	defer writers.Close()
+	closed := func() bool { return counterValue(t, reg, "herald_bridge_gate_closes_total", "queue") > 0 }
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Go(func() {
+			for !closed() && r.ctx.Err() == nil && next.Load() < 50_000 {
+				if _, err := writers.Exec(r.ctx, `INSERT INTO q VALUES ($1)`, next.Add(1)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.True(t, closed(), "the gate closed because writers queued on NOTIFY (after %d changes)", next.Load())
+	_, open := r.gate()
+	require.False(t, open, "the gate stays closed")
+	r.waitDrained("HERALD", int(next.Load()), time.Minute)
 }

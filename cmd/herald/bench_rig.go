@@ -276,11 +276,12 @@ type bridgeStats struct {
 	MeanPublish  map[string]float64 `json:"mean_publish_ms_by_kind"`
 	Wakeups      map[string]float64 `json:"wakeups_by_reason"`
 	Covered      float64            `json:"notifications_covered"`
+	GateCloses   map[string]float64 `json:"gate_closes_by_reason,omitempty"`
 	PublishError float64            `json:"publish_errors"`
 }
 
 func parseBridgeStats(m map[string]float64) *bridgeStats {
-	s := &bridgeStats{Batches: map[string]float64{}, MeanPublish: map[string]float64{}, Wakeups: map[string]float64{}}
+	s := &bridgeStats{Batches: map[string]float64{}, MeanPublish: map[string]float64{}, Wakeups: map[string]float64{}, GateCloses: map[string]float64{}}
 	label := func(name, prefix string) (string, bool) {
 		rest, ok := strings.CutPrefix(name, prefix+"{")
 		if !ok {
@@ -296,6 +297,9 @@ func parseBridgeStats(m map[string]float64) *bridgeStats {
 		}
 		if reason, ok := label(k, "herald_bridge_wakeups_total"); ok {
 			s.Wakeups[reason] = v
+		}
+		if reason, ok := label(k, "herald_bridge_gate_closes_total"); ok && v > 0 {
+			s.GateCloses[reason] = v
 		}
 		if kind, ok := label(k, "herald_bridge_publish_seconds"); ok && strings.HasSuffix(k, "_sum") {
 			if n := m[strings.TrimSuffix(k, "_sum")+"_count"]; n > 0 {
@@ -328,8 +332,8 @@ func (s *bridgeStats) String() string {
 		}
 		return strings.Join(parts, ", ")
 	}
-	return fmt.Sprintf("published %.0f in batches of %.1f on average; batches: %s; mean publish→ack ms: %s; drains by reason: %s; notifications of transactions read already: %.0f",
-		s.Published, s.MeanBatch, kinds(s.Batches, "%.0f"), kinds(s.MeanPublish, "%.2f"), kinds(s.Wakeups, "%.0f"), s.Covered)
+	return fmt.Sprintf("published %.0f in batches of %.1f on average; batches: %s; mean publish→ack ms: %s; drains by reason: %s; notifications of transactions read already: %.0f; gate closed by: %s",
+		s.Published, s.MeanBatch, kinds(s.Batches, "%.0f"), kinds(s.MeanPublish, "%.2f"), kinds(s.Wakeups, "%.0f"), s.Covered, kinds(s.GateCloses, "%.0f"))
 }
 
 // untilParentGone returns a context cancelled with ctx or once standard

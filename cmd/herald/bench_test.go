@@ -329,6 +329,7 @@ func TestBridgeStats(t *testing.T) {
 		"herald_bridge_publish_seconds{kind=atomic}_count": 3,
 		"herald_bridge_wakeups_total{reason=poll}":         7,
 		"herald_bridge_notifications_covered_total":        4,
+		"herald_bridge_gate_closes_total{reason=queue}":    2,
 	}, map[string]float64{
 		"herald_bridge_published_total":           10,
 		"herald_bridge_batches_total{kind=async}": 5,
@@ -341,6 +342,7 @@ func TestBridgeStats(t *testing.T) {
 	require.InDelta(t, 10, s.MeanPublish["atomic"], 1e-9)
 	require.Equal(t, map[string]float64{"poll": 7}, s.Wakeups)
 	require.Equal(t, 4.0, s.Covered)
+	require.Equal(t, map[string]float64{"queue": 2}, s.GateCloses)
 	require.Contains(t, s.String(), "published 100")
 }
 
