@@ -86,6 +86,19 @@ type Config struct {
 	// opens the gate again (default 60% of CloseRate, and 2s).
 	OpenRate    float64
 	ReopenAfter time.Duration
+	// QueueWaiters is how many writers waiting on NOTIFY's commit lock make
+	// the bridge close the gate while it is open, whatever the rate
+	// (default 4; negative: never). Writers serialised by that lock commit
+	// no faster than it lets them, so on a slow disk they may never reach
+	// CloseRate.
+	QueueWaiters int
+	// QueueFor is how long every look (one each 50ms) must find
+	// QueueWaiters or more before the gate closes (default 100ms: three looks
+	// in a row). Longer spares a gate that one slow WAL flush queued writers
+	// on for a moment; but writers that fall behind at a rate the machine
+	// barely sustains may not catch up (measured at an offered 5,000/s: 500ms
+	// let them fall 2 s behind, 100ms 0.2 s).
+	QueueFor time.Duration
 	// RecheckInterval is how often, after opening the gate, the bridge checks
 	// whether the transactions that may have read it closed have ended
 	// (default 1ms).
@@ -181,6 +194,12 @@ func (c *Config) setDefaults() {
 	if c.ReopenAfter == 0 {
 		c.ReopenAfter = 2 * time.Second
 	}
+	if c.QueueWaiters == 0 {
+		c.QueueWaiters = 4
+	}
+	if c.QueueFor == 0 {
+		c.QueueFor = 100 * time.Millisecond
+	}
 	if c.RecheckInterval == 0 {
 		c.RecheckInterval = time.Millisecond
 	}
@@ -219,6 +238,8 @@ func (c *Config) Validate() error {
 	check(c.PublishTimeout > 0, "publish timeout (HERALD_PUBLISH_TIMEOUT) must be positive")
 	check(c.GateLease >= 100*time.Millisecond, "gate lease (HERALD_GATE_LEASE) must be at least 100ms, got %s", c.GateLease)
 	check(c.OpenRate < c.CloseRate, "open rate (HERALD_GATE_OPEN_RATE %g) must be below close rate (HERALD_GATE_CLOSE_RATE %g)", c.OpenRate, c.CloseRate)
+	check(c.QueueWaiters <= 10000, "queue waiters (HERALD_GATE_QUEUE_WAITERS) must be at most 10000 (negative: never close the gate for a queue), got %d", c.QueueWaiters)
+	check(c.QueueFor >= queueCheckEvery && c.QueueFor <= time.Minute, "queue time (HERALD_GATE_QUEUE_FOR) must be %s to 1m, got %s", queueCheckEvery, c.QueueFor)
 	check(c.DuplicateWindow >= time.Second, "duplicate window (HERALD_DUPLICATE_WINDOW) must be at least 1s")
 	check(c.MaxMsgsPerSubject >= 1, "max messages per subject (HERALD_STREAM_MAX_MSGS_PER_SUBJECT) must be at least 1")
 	check(c.DeleteTTL >= time.Second, "delete TTL (HERALD_STREAM_DELETE_TTL) must be at least 1s")

@@ -58,7 +58,7 @@ type drainer struct {
 	gate        *rateGate
 	gateOpen    bool
 	nextQueue   time.Time // when to look again for writers queued on NOTIFY's lock
-	queueStrike int       // consecutive looks that found writers queued
+	queuedSince time.Time // first of the looks in a row that found writers queued; zero: none
 	renewAt     time.Time
 	recheck     []string // transactions that may have read the gate closed
 	nextRecheck time.Time
@@ -326,23 +326,21 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // Queue checks: while the gate is open and changes arrive at
-// queueCheckFrom per second or more, the bridge looks every queueCheckEvery for
-// writers waiting on NOTIFY's commit lock, and closes the gate when
-// queueStrikes looks in a row find queueWaiters or more. The rate alone
-// cannot tell: writers that queue on the lock commit no faster than it
-// lets them, which on a slow machine stays below any close rate worth
+// queueCheckFrom per second or more, the bridge looks every queueCheckEvery
+// for writers waiting on NOTIFY's commit lock, and closes the gate when
+// every look for Config.QueueFor found Config.QueueWaiters or more. The rate
+// alone cannot tell: writers that queue on the lock commit no faster than
+// it lets them, which on a slow machine stays below any close rate worth
 // having (measured: offered 5,000/s, committed 2,000-3,500/s, the gate
 // open for seconds).
 const (
 	queueCheckFrom  = 200.0
 	queueCheckEvery = 50 * time.Millisecond
-	queueWaiters    = 4
-	queueStrikes    = 3
 )
 
 // watchQueue says whether the queue checks run now.
 func (d *drainer) watchQueue(now time.Time) bool {
-	return d.gateOpen && d.gate.rate(now) >= queueCheckFrom
+	return d.cfg.QueueWaiters > 0 && d.gateOpen && d.gate.rate(now) >= queueCheckFrom
 }
 
 // steerGate opens, closes or renews the gate as the change rate asks, and
@@ -355,15 +353,20 @@ func (d *drainer) steerGate(ctx context.Context, now time.Time) error {
 	case !want && d.gateOpen:
 		return d.closeGate(ctx, "rate")
 	}
-	if d.watchQueue(now) && !now.Before(d.nextQueue) {
+	if !d.watchQueue(now) {
+		d.queuedSince = time.Time{}
+	} else if !now.Before(d.nextQueue) {
 		d.nextQueue = now.Add(queueCheckEvery)
 		n, err := d.writersQueued(ctx)
 		if err != nil {
 			return err
 		}
-		if n < queueWaiters {
-			d.queueStrike = 0
-		} else if d.queueStrike++; d.queueStrike >= queueStrikes {
+		switch {
+		case n < d.cfg.QueueWaiters:
+			d.queuedSince = time.Time{}
+		case d.queuedSince.IsZero():
+			d.queuedSince = now
+		case now.Sub(d.queuedSince) >= d.cfg.QueueFor:
 			d.gate.queued()
 			return d.closeGate(ctx, "queue")
 		}
@@ -436,7 +439,7 @@ func (d *drainer) closeGate(ctx context.Context, why string) error {
 	}
 	d.gateOpen = false
 	d.recheck = nil
-	d.queueStrike = 0
+	d.queuedSince = time.Time{}
 	d.m.gateOpen.Set(0)
 	d.m.gateCloses.WithLabelValues(why).Inc()
 	d.log.Debug("gate closed; polling", "why", why)

@@ -287,21 +287,30 @@ func TestDatabaseWithoutSchema(t *testing.T) {
 }
 
 func TestInvalidConfig(t *testing.T) {
-	for _, c := range []bridge.Config{
-		{Prefix: "bad prefix"},
-		{Prefix: "a.*"},
-		{Prefix: "a..b"},
-		{Stream: "has.dot"},
-		{BatchSize: 5000},
-		{Preset: "weird"},
-		{OpenRate: 2000, CloseRate: 1000},
-		{InFlight: 100},
-		{PollGather: time.Minute},
+	// Each error names the setting to fix, as herald-bridge's users know it.
+	for _, c := range []struct {
+		cfg  bridge.Config
+		want string
+	}{
+		{bridge.Config{Prefix: "bad prefix"}, "HERALD_SUBJECT_PREFIX"},
+		{bridge.Config{Prefix: "a.*"}, "HERALD_SUBJECT_PREFIX"},
+		{bridge.Config{Prefix: "a..b"}, "HERALD_SUBJECT_PREFIX"},
+		{bridge.Config{Stream: "has.dot"}, "HERALD_STREAM"},
+		{bridge.Config{BatchSize: 5000}, "HERALD_BATCH_SIZE"},
+		{bridge.Config{Preset: "weird"}, "HERALD_STREAM_PRESET"},
+		{bridge.Config{OpenRate: 2000, CloseRate: 1000}, "HERALD_GATE_OPEN_RATE"},
+		{bridge.Config{InFlight: 100}, "HERALD_IN_FLIGHT"},
+		{bridge.Config{PollGather: time.Minute}, "HERALD_POLL_GATHER"},
+		{bridge.Config{QueueWaiters: 10001}, "HERALD_GATE_QUEUE_WAITERS"},
+		{bridge.Config{QueueFor: 10 * time.Millisecond}, "HERALD_GATE_QUEUE_FOR"},
+		{bridge.Config{QueueFor: 2 * time.Minute}, "HERALD_GATE_QUEUE_FOR"},
 	} {
-		err := c.Validate()
-		require.Error(t, err, "%+v", c)
+		err := c.cfg.Validate()
+		require.Error(t, err, "%+v", c.cfg)
+		require.Contains(t, err.Error(), c.want)
 	}
 	require.NoError(t, (&bridge.Config{}).Validate())
+	require.NoError(t, (&bridge.Config{QueueWaiters: -1}).Validate(), "a negative queue threshold turns the check off")
 }
 
 // TestOddKeys: key values with dots, spaces, wildcards, empty strings,
@@ -564,23 +573,79 @@ func TestWritersQueuedOnNotifyCloseTheGate(t *testing.T) {
 	r.exec(`CREATE TABLE q (id bigint PRIMARY KEY)`)
 	r.watch("q")
 	reg := prometheus.NewRegistry()
-	r.runBridge(bridge.Config{Preset: bridge.PresetLog, CloseRate: 1e9, OpenRate: 1, ReopenAfter: time.Hour}, bridge.WithRegisterer(reg))
+	r.runBridge(bridge.Config{Preset: bridge.PresetLog, CloseRate: 1e9, OpenRate: 1, ReopenAfter: time.Hour, QueueFor: 200 * time.Millisecond}, bridge.WithRegisterer(reg))
 	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
 
+	closed := func() bool { return counterValue(t, reg, "herald_bridge_gate_closes_total", "queue") > 0 }
+	n := runNotifyingWriters(t, r, 16, 50_000, closed)
+	require.True(t, closed(), "the gate closed because writers queued on NOTIFY (after %d changes)", n)
+	_, open := r.gate()
+	require.False(t, open, "the gate stays closed")
+	r.waitDrained("HERALD", int(n), time.Minute)
+}
+
+// TestQueueCheckOff: with HERALD_GATE_QUEUE_WAITERS negative, writers that
+// queue on NOTIFY's lock leave the gate open.
+func TestQueueCheckOff(t *testing.T) {
+	r := newRig(t, rigOptions{cluster: pgtest.NewCluster(t, pgtest.Options{Settings: map[string]string{"fsync": "on"}})})
+	r.exec(`CREATE TABLE q (id bigint PRIMARY KEY)`)
+	r.watch("q")
+	reg := prometheus.NewRegistry()
+	r.runBridge(bridge.Config{Preset: bridge.PresetLog, CloseRate: 1e9, OpenRate: 1, ReopenAfter: time.Hour, QueueWaiters: -1, QueueFor: 200 * time.Millisecond}, bridge.WithRegisterer(reg))
+	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
+
+	// Watch the queue from here while the writers run: the test means
+	// something only if they did queue, for longer than QueueFor.
+	var queuedLooks, looks atomic.Int64
+	done := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			var n int
+			if err := r.pool.QueryRow(r.ctx, schema.Query("gate_queue")).Scan(&n); err != nil {
+				return
+			}
+			looks.Add(1)
+			if n >= 4 {
+				queuedLooks.Add(1)
+			}
+		}
+	}()
+	enough := func() bool { return queuedLooks.Load() >= 10 }
+	n := runNotifyingWriters(t, r, 16, 50_000, enough)
+	close(done)
+	<-watched
+	require.Zero(t, counterValue(t, reg, "herald_bridge_gate_closes_total", "queue"), "the check is off")
+	require.GreaterOrEqual(t, queuedLooks.Load(), int64(10), "writers queued on NOTIFY in %d of %d looks", queuedLooks.Load(), looks.Load())
+	_, open := r.gate()
+	require.True(t, open, "the gate stays open")
+	r.waitDrained("HERALD", int(n), time.Minute)
+}
+
+// runNotifyingWriters runs writers connections inserting into q, one row
+// per transaction, until stop says so or limit rows were written; it returns
+// how many were.
+func runNotifyingWriters(t *testing.T, r *rig, writers int, limit int64, stop func() bool) int64 {
+	t.Helper()
 	pcfg, err := pgxpool.ParseConfig(r.dsn)
 	require.NoError(t, err)
-	pcfg.MaxConns = 16 // one connection per writer
-	writers, err := pgxpool.NewWithConfig(r.ctx, pcfg)
+	pcfg.MaxConns = int32(writers) // one connection per writer
+	pool, err := pgxpool.NewWithConfig(r.ctx, pcfg)
 	require.NoError(t, err)
-	defer writers.Close()
-	closed := func() bool { return counterValue(t, reg, "herald_bridge_gate_closes_total", "queue") > 0 }
+	defer pool.Close()
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for range 16 {
+	errs := make(chan error, writers)
+	for range writers {
 		wg.Go(func() {
-			for !closed() && r.ctx.Err() == nil && next.Load() < 50_000 {
-				if _, err := writers.Exec(r.ctx, `INSERT INTO q VALUES ($1)`, next.Add(1)); err != nil {
+			for !stop() && r.ctx.Err() == nil && next.Load() < limit {
+				if _, err := pool.Exec(r.ctx, `INSERT INTO q VALUES ($1)`, next.Add(1)); err != nil {
 					errs <- err
 					return
 				}
@@ -592,8 +657,5 @@ func TestWritersQueuedOnNotifyCloseTheGate(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	require.True(t, closed(), "the gate closed because writers queued on NOTIFY (after %d changes)", next.Load())
-	_, open := r.gate()
-	require.False(t, open, "the gate stays closed")
-	r.waitDrained("HERALD", int(next.Load()), time.Minute)
+	return next.Load()
 }

@@ -46,6 +46,8 @@ type config struct {
 	GateCloseRate    float64       `envconfig:"GATE_CLOSE_RATE" default:"2000" desc:"changes per second at which the bridge stops NOTIFY and polls"`
 	GateOpenRate     float64       `envconfig:"GATE_OPEN_RATE" default:"0" desc:"changes per second below which (for HERALD_GATE_REOPEN_AFTER) NOTIFY resumes (0: 60% of HERALD_GATE_CLOSE_RATE)"`
 	GateReopenAfter  time.Duration `envconfig:"GATE_REOPEN_AFTER" default:"2s" desc:"how long the rate must stay low before NOTIFY resumes"`
+	GateQueueWaiters int           `envconfig:"GATE_QUEUE_WAITERS" default:"4" desc:"writers waiting on NOTIFY's commit lock that make the bridge stop NOTIFY and poll, whatever the rate (negative: never)"`
+	GateQueueFor     time.Duration `envconfig:"GATE_QUEUE_FOR" default:"100ms" desc:"how long writers must stay queued on NOTIFY's lock (HERALD_GATE_QUEUE_WAITERS or more at every look, one each 50ms) before NOTIFY stops"`
 	NATSConnectWait  time.Duration `envconfig:"NATS_CONNECT_TIMEOUT" default:"30s" desc:"how long to wait at start for the first NATS connection before giving up"`
 	ShutdownTimeout  time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s" desc:"longest wait on SIGTERM for the batch in flight to finish"`
 }
@@ -86,6 +88,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		BatchSize: cfg.BatchSize, SmallBatch: cfg.SmallBatch, InFlight: cfg.InFlight, PollInterval: cfg.PollInterval, PollPause: cfg.PollPause, PollGather: cfg.PollGather,
 		PublishTimeout: cfg.PublishTimeout, GateLease: cfg.GateLease, CloseRate: cfg.GateCloseRate,
 		OpenRate: cfg.GateOpenRate, ReopenAfter: cfg.GateReopenAfter,
+		QueueWaiters: cfg.GateQueueWaiters, QueueFor: cfg.GateQueueFor,
 	}
 	if err := bcfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "herald-bridge: %v\n", err)

@@ -154,6 +154,8 @@ func benchBridge(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	inFlight := fs.Int("in-flight", 0, "HERALD_IN_FLIGHT (0: the bridge's default)")
 	pollGather := fs.Duration("poll-gather", 0, "HERALD_POLL_GATHER (0: the bridge's default)")
 	pollPause := fs.Duration("poll-pause", 0, "HERALD_POLL_PAUSE (0: the bridge's default)")
+	queueWaiters := fs.Int("gate-queue-waiters", 0, "HERALD_GATE_QUEUE_WAITERS (0: the bridge's default; negative: never)")
+	queueFor := fs.Duration("gate-queue-for", 0, "HERALD_GATE_QUEUE_FOR (0: the bridge's default)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bridge to this file")
 	statsOut := fs.String("stats", "", "on exit, write the bridge's metrics to this file as JSON")
 	verbose := fs.Bool("v", false, "log at debug level")
@@ -174,7 +176,7 @@ func benchBridge(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer nc.Close()
 	reg := prometheus.NewRegistry()
-	b, err := bridge.New(*dsn, nc, bridge.Config{Source: "bench", BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause, PollGather: *pollGather}, bridge.WithLogger(logger), bridge.WithRegisterer(reg))
+	b, err := bridge.New(*dsn, nc, bridge.Config{Source: "bench", BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause, PollGather: *pollGather, QueueWaiters: *queueWaiters, QueueFor: *queueFor}, bridge.WithLogger(logger), bridge.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
@@ -520,6 +522,9 @@ type bridgeTuning struct {
 	InFlight   int           `json:"in_flight"`       // HERALD_IN_FLIGHT
 	PollGather time.Duration `json:"poll_gather_ns"`  // HERALD_POLL_GATHER
 	PollPause  time.Duration `json:"poll_pause_ns"`   // HERALD_POLL_PAUSE
+	// HERALD_GATE_QUEUE_WAITERS (negative: never) and HERALD_GATE_QUEUE_FOR
+	QueueWaiters int           `json:"gate_queue_waiters"`
+	QueueFor     time.Duration `json:"gate_queue_for_ns"`
 }
 
 // registerBridgeFlags adds the --bridge-* flags.
@@ -530,8 +535,11 @@ func registerBridgeFlags(fs *flag.FlagSet) func() (bridgeTuning, error) {
 	inFlight := fs.Int("bridge-in-flight", 4, "the bridge's HERALD_IN_FLIGHT: batches published at once while NOTIFY is on")
 	pollGather := fs.Duration("bridge-poll-gather", 10*time.Millisecond, "the bridge's HERALD_POLL_GATHER: while polling, least time between two reads (negative: none)")
 	pollPause := fs.Duration("bridge-poll-pause", 500*time.Microsecond, "the bridge's HERALD_POLL_PAUSE: pause after an empty drain while polling")
+	queueWaiters := fs.Int("bridge-gate-queue-waiters", 4, "the bridge's HERALD_GATE_QUEUE_WAITERS: writers queued on NOTIFY's lock that make it poll (negative: never)")
+	queueFor := fs.Duration("bridge-gate-queue-for", 100*time.Millisecond, "the bridge's HERALD_GATE_QUEUE_FOR: how long writers must stay queued before it polls")
 	return func() (bridgeTuning, error) {
-		t := bridgeTuning{BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause, PollGather: *pollGather}
+		t := bridgeTuning{BatchSize: *batch, SmallBatch: *small, CloseRate: *closeRate, InFlight: *inFlight, PollPause: *pollPause, PollGather: *pollGather,
+			QueueWaiters: *queueWaiters, QueueFor: *queueFor}
 		if t.BatchSize < 1 || t.BatchSize > 1000 || t.SmallBatch < 1 || t.SmallBatch > t.BatchSize {
 			return t, usageError{"--bridge-batch-size must be 1 to 1000 and --bridge-small-batch 1 to the batch size"}
 		}
@@ -543,6 +551,9 @@ func registerBridgeFlags(fs *flag.FlagSet) func() (bridgeTuning, error) {
 		}
 		if t.PollGather > time.Second {
 			return t, usageError{"--bridge-poll-gather must be at most 1s (negative: none)"}
+		}
+		if t.QueueWaiters == 0 || t.QueueWaiters > 10000 || t.QueueFor < 50*time.Millisecond || t.QueueFor > time.Minute {
+			return t, usageError{"--bridge-gate-queue-waiters must be 1 to 10000 (negative: never) and --bridge-gate-queue-for 50ms to 1m"}
 		}
 		return t, nil
 	}
@@ -572,6 +583,12 @@ func startBridgeProc(ctx context.Context, dsn, natsURL, cpuProfile string, tune 
 	}
 	if tune.PollPause > 0 {
 		args = append(args, "--poll-pause", tune.PollPause.String())
+	}
+	if tune.QueueWaiters != 0 {
+		args = append(args, "--gate-queue-waiters", strconv.Itoa(tune.QueueWaiters))
+	}
+	if tune.QueueFor > 0 {
+		args = append(args, "--gate-queue-for", tune.QueueFor.String())
 	}
 	if cpuProfile != "" {
 		args = append(args, "--cpuprofile", cpuProfile)
