@@ -87,6 +87,7 @@ func (r *probeRecorder) arriveAt(p probePath, seq, t int64) {
 type probeOptions struct {
 	keys, payload, writers, workers  int
 	sync, bridgeProfile, selfProfile string
+	natsProfile                      string
 	filesyncProfile                  string
 	filesync                         string // on, off or both
 	tune                             bridgeTuning
@@ -103,11 +104,12 @@ func registerProbeFlags(fs *flag.FlagSet, defaultFilesync string) func() (probeO
 	prof := fs.String("cpuprofile-bridge", "", "write a CPU profile of the bridge process to this file")
 	self := fs.String("cpuprofile", "", "write a CPU profile of this process (writers, receivers) to this file")
 	fprof := fs.String("cpuprofile-filesync", "", "write a CPU profile of the filesync process to this file (its last phase)")
+	nprof := fs.String("cpuprofile-nats", "", "write a CPU profile of the NATS process to this file (every phase)")
 	fsync := fs.String("filesync", defaultFilesync, "run herald-filesync (own process) during the phases: on, off (the bridge's paths alone) or both (each rate twice)")
 	tuning := registerBridgeFlags(fs)
 	return func() (probeOptions, error) {
 		tune, err := tuning()
-		return probeOptions{keys: *keys, payload: *payload, writers: *writers, workers: *workers, sync: *sync, bridgeProfile: *prof, selfProfile: *self, filesyncProfile: *fprof, filesync: *fsync, tune: tune}, err
+		return probeOptions{keys: *keys, payload: *payload, writers: *writers, workers: *workers, sync: *sync, bridgeProfile: *prof, selfProfile: *self, filesyncProfile: *fprof, natsProfile: *nprof, filesync: *fsync, tune: tune}, err
 	}
 }
 
@@ -192,7 +194,7 @@ func startProbeRig(ctx context.Context, o probeOptions, capacity int, stdout io.
 	}
 
 	fmt.Fprintf(stdout, "starting NATS (own process, sync_interval %s) …\n", o.sync)
-	if r.nats, err = startNATSRig(ctx, o.sync, ""); err != nil {
+	if r.nats, err = startNATSRig(ctx, o.sync, o.natsProfile); err != nil {
 		return r, err
 	}
 	r.pids.nats = r.nats.proc.pid()

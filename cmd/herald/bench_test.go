@@ -170,6 +170,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "capture", "--bridge-small-batch", "2000"},
 		{"bench", "latency", "--bridge-in-flight", "0"},
 		{"bench", "sustained", "--bridge-poll-gather", "5s"},
+		{"bench", "latency", "--bridge-gate-queue-waiters", "0"},
+		{"bench", "latency", "--bridge-gate-queue-for", "10ms"},
 		{"bench", "sustained", "--sync", "sometimes"},
 		{"bench", "drain", "--rows", "0"},
 		{"bench", "plot"},
