@@ -93,11 +93,12 @@ type Config struct {
 	// CloseRate.
 	QueueWaiters int
 	// QueueFor is how long every look (one each 50ms) must find
-	// QueueWaiters or more before the gate closes (default 100ms: three looks
-	// in a row). Longer spares a gate that one slow WAL flush queued writers
-	// on for a moment; but writers that fall behind at a rate the machine
-	// barely sustains may not catch up (measured at an offered 5,000/s: 500ms
-	// let them fall 2 s behind, 100ms 0.2 s).
+	// QueueWaiters or more before the gate closes, with at least one look
+	// per 50ms of it besides the first (default 100ms: three looks in a
+	// row). Longer spares a gate that one slow WAL flush queued writers on
+	// for a moment; but writers that fall behind at a rate the machine
+	// barely sustains may not catch up (two runs each at an offered
+	// 5,000/s: with 500ms writers fell 2 s behind, with 100ms 0.2 s).
 	QueueFor time.Duration
 	// RecheckInterval is how often, after opening the gate, the bridge checks
 	// whether the transactions that may have read it closed have ended

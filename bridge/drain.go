@@ -58,7 +58,7 @@ type drainer struct {
 	gate        *rateGate
 	gateOpen    bool
 	nextQueue   time.Time // when to look again for writers queued on NOTIFY's lock
-	queuedSince time.Time // first of the looks in a row that found writers queued; zero: none
+	queue       queueWatch
 	renewAt     time.Time
 	recheck     []string // transactions that may have read the gate closed
 	nextRecheck time.Time
@@ -338,6 +338,31 @@ const (
 	queueCheckEvery = 50 * time.Millisecond
 )
 
+// queueWatch remembers the looks in a row that found writers queued.
+type queueWatch struct {
+	since time.Time // the first of them; zero: none
+	looks int
+}
+
+// look records one look at now and says whether writers have been queued
+// long enough to close the gate: every look for at least queueFor, and at
+// least one look per queueCheckEvery of it besides the first, so that a
+// look delayed by a busy loop cannot stand in for the ones it missed.
+func (q *queueWatch) look(now time.Time, queued bool, queueFor time.Duration) bool {
+	if !queued {
+		q.reset()
+		return false
+	}
+	if q.looks == 0 {
+		q.since = now
+	}
+	q.looks++
+	need := 1 + int((queueFor+queueCheckEvery-1)/queueCheckEvery)
+	return q.looks >= need && now.Sub(q.since) >= queueFor
+}
+
+func (q *queueWatch) reset() { *q = queueWatch{} }
+
 // watchQueue says whether the queue checks run now.
 func (d *drainer) watchQueue(now time.Time) bool {
 	return d.cfg.QueueWaiters > 0 && d.gateOpen && d.gate.rate(now) >= queueCheckFrom
@@ -354,19 +379,14 @@ func (d *drainer) steerGate(ctx context.Context, now time.Time) error {
 		return d.closeGate(ctx, "rate")
 	}
 	if !d.watchQueue(now) {
-		d.queuedSince = time.Time{}
+		d.queue.reset()
 	} else if !now.Before(d.nextQueue) {
 		d.nextQueue = now.Add(queueCheckEvery)
 		n, err := d.writersQueued(ctx)
 		if err != nil {
 			return err
 		}
-		switch {
-		case n < d.cfg.QueueWaiters:
-			d.queuedSince = time.Time{}
-		case d.queuedSince.IsZero():
-			d.queuedSince = now
-		case now.Sub(d.queuedSince) >= d.cfg.QueueFor:
+		if d.queue.look(now, n >= d.cfg.QueueWaiters, d.cfg.QueueFor) {
 			d.gate.queued()
 			return d.closeGate(ctx, "queue")
 		}
@@ -439,7 +459,7 @@ func (d *drainer) closeGate(ctx context.Context, why string) error {
 	}
 	d.gateOpen = false
 	d.recheck = nil
-	d.queuedSince = time.Time{}
+	d.queue.reset()
 	d.m.gateOpen.Set(0)
 	d.m.gateCloses.WithLabelValues(why).Inc()
 	d.log.Debug("gate closed; polling", "why", why)

@@ -46,3 +46,38 @@ func TestRateGateHysteresis(t *testing.T) {
 	g.reset()
 	require.InDelta(t, 0, g.rate(now), 0.001)
 }
+
+func TestQueueWatch(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	type look struct {
+		ms     int
+		queued bool
+		close  bool
+	}
+	for _, c := range []struct {
+		name  string
+		for_  time.Duration
+		looks []look
+	}{
+		{"three looks in 100ms close", 100 * time.Millisecond, []look{{0, true, false}, {50, true, false}, {100, true, true}}},
+		{"a look without a queue starts over", 100 * time.Millisecond, []look{{0, true, false}, {50, false, false}, {100, true, false}, {150, true, false}, {200, true, true}}},
+		{"a late second look does not stand in for the missed ones", 100 * time.Millisecond, []look{{0, true, false}, {300, true, false}, {350, true, true}}},
+		{"looks faster than every 50ms still need the time", 100 * time.Millisecond, []look{{0, true, false}, {10, true, false}, {20, true, false}, {30, true, false}, {100, true, true}}},
+		{"the shortest setting: two looks 50ms apart", 50 * time.Millisecond, []look{{0, true, false}, {50, true, true}}},
+		{"not a multiple of 50ms rounds the looks up", 75 * time.Millisecond, []look{{0, true, false}, {50, true, false}, {75, true, true}}},
+		{"75ms: two looks are not enough", 75 * time.Millisecond, []look{{0, true, false}, {80, true, false}, {90, true, true}}},
+		{"half a second: eleven looks", 500 * time.Millisecond, []look{{0, true, false}, {50, true, false}, {100, true, false}, {150, true, false}, {200, true, false}, {250, true, false}, {300, true, false}, {350, true, false}, {400, true, false}, {450, true, false}, {500, true, true}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var q queueWatch
+			for i, l := range c.looks {
+				require.Equal(t, l.close, q.look(at(l.ms), l.queued, c.for_), "look %d at %dms", i, l.ms)
+			}
+		})
+	}
+	var q queueWatch
+	require.False(t, q.look(t0, true, 50*time.Millisecond))
+	q.reset()
+	require.False(t, q.look(at(50), true, 50*time.Millisecond), "reset forgets the looks")
+}

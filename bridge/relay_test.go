@@ -595,12 +595,13 @@ func TestQueueCheckOff(t *testing.T) {
 	testproc.WaitFor(t, time.Minute, "the gate to open", func() bool { _, open := r.gate(); return open })
 
 	// Watch the queue from here while the writers run: the test means
-	// something only if they did queue, for longer than QueueFor.
-	var queuedLooks, looks atomic.Int64
+	// something only if they stayed queued, look after look, for longer
+	// than QueueFor (200ms: five looks 50ms apart would close the gate).
+	var streak, longest, looks atomic.Int64
 	done := make(chan struct{})
-	watched := make(chan struct{})
+	watchErr := make(chan error, 1)
 	go func() {
-		defer close(watched)
+		defer close(watchErr)
 		for {
 			select {
 			case <-done:
@@ -609,20 +610,25 @@ func TestQueueCheckOff(t *testing.T) {
 			}
 			var n int
 			if err := r.pool.QueryRow(r.ctx, schema.Query("gate_queue")).Scan(&n); err != nil {
+				watchErr <- err
 				return
 			}
 			looks.Add(1)
-			if n >= 4 {
-				queuedLooks.Add(1)
+			if n < 4 {
+				streak.Store(0)
+				continue
+			}
+			if s := streak.Add(1); s > longest.Load() {
+				longest.Store(s)
 			}
 		}
 	}()
-	enough := func() bool { return queuedLooks.Load() >= 10 }
+	enough := func() bool { return longest.Load() >= 8 }
 	n := runNotifyingWriters(t, r, 16, 50_000, enough)
 	close(done)
-	<-watched
+	require.NoError(t, <-watchErr, "watching the queue")
 	require.Zero(t, counterValue(t, reg, "herald_bridge_gate_closes_total", "queue"), "the check is off")
-	require.GreaterOrEqual(t, queuedLooks.Load(), int64(10), "writers queued on NOTIFY in %d of %d looks", queuedLooks.Load(), looks.Load())
+	require.GreaterOrEqual(t, longest.Load(), int64(8), "writers queued on NOTIFY in %d looks in a row (of %d looks)", longest.Load(), looks.Load())
 	_, open := r.gate()
 	require.True(t, open, "the gate stays open")
 	r.waitDrained("HERALD", int(n), time.Minute)
