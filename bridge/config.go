@@ -96,9 +96,8 @@ type Config struct {
 	// QueueWaiters or more before the gate closes, with at least one look
 	// per 50ms of it besides the first (default 100ms: three looks in a
 	// row). Longer spares a gate that one slow WAL flush queued writers on
-	// for a moment; but writers that fall behind at a rate the machine
-	// barely sustains may not catch up (two runs each at an offered
-	// 5,000/s: with 500ms writers fell 2 s behind, with 100ms 0.2 s).
+	// for a moment, and lets writers queue longer when the lock does
+	// serialise them (docs/bridge.md has the measurements).
 	QueueFor time.Duration
 	// RecheckInterval is how often, after opening the gate, the bridge checks
 	// whether the transactions that may have read it closed have ended
