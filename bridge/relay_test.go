@@ -542,6 +542,22 @@ func TestNotificationsOfReadTransactionsStartNoRead(t *testing.T) {
 	r.exec(`UPDATE nr SET v = 1`)
 	r.waitDrained("HERALD", 20, time.Minute)
 	require.Equal(t, 0, r.backlog())
+
+	// Any other payload starts a read: a log row that notified nobody (as
+	// if written by hand), then a manual NOTIFY with an empty payload (a
+	// trigger from an older Herald) and one that is not a number. With the
+	// safety poll at an hour, the row arrives only if one of them read.
+	for _, payload := range []string{"", "not a txid"} {
+		before := counterValue(t, reg, "herald_bridge_wakeups_total", "notify")
+		r.exec(`INSERT INTO herald.log (schema_name, table_name, op, key, new)
+			VALUES ('public', 'nr', 'insert', ARRAY['100'], '{"id": 100, "v": 0}')`)
+		r.exec(`SELECT pg_notify('herald', $1)`, payload)
+		testproc.WaitFor(t, time.Minute, fmt.Sprintf("a read started by NOTIFY %q", payload), func() bool {
+			return counterValue(t, reg, "herald_bridge_wakeups_total", "notify") > before
+		})
+		testproc.WaitFor(t, time.Minute, "the hand-written row published", func() bool { return r.backlog() == 0 })
+	}
+	r.waitDrained("HERALD", 22, time.Minute)
 }
 
 // counterValue reads a counter from reg, with the given value of its one

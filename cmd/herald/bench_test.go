@@ -30,7 +30,7 @@ func readBenchJSON(t *testing.T, path string, v any) {
 // numbers reported, none asserted.
 func TestBenchCaptureTiny(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "capture.json")
-	r := herald(t, "", "bench", "capture", "--clients", "2", "--duration", "1s", "--variants", "herald,herald+bridge", "--json", out)
+	r := herald(t, "", "bench", "capture", "--clients", "2", "--duration", "1s", "--variants", "herald,herald+bridge,seed-notify", "--json", out)
 	require.Equal(t, 0, r.code, r.stderr+r.stdout)
 	var rep struct {
 		Machine struct {
@@ -70,7 +70,7 @@ func TestBenchCaptureTiny(t *testing.T) {
 			require.Positive(t, res.Bridge.Published)
 		}
 	}
-	require.Equal(t, []string{"plain", "herald", "herald+bridge"}, names)
+	require.Equal(t, []string{"plain", "herald", "herald+bridge", "seed-notify"}, names)
 	require.Contains(t, r.stdout, "herald+bridge")
 }
 
@@ -97,8 +97,13 @@ func TestBenchDrainTiny(t *testing.T) {
 
 func TestBenchLatencyTiny(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "latency.json")
-	r := herald(t, "", "bench", "latency", "--rates", "300", "--duration", "2s", "--warmup", "500ms", "--keys", "64", "--writers", "4", "--json", out)
+	natsProf := filepath.Join(t.TempDir(), "nats.prof")
+	r := herald(t, "", "bench", "latency", "--rates", "300", "--duration", "2s", "--warmup", "500ms", "--keys", "64", "--writers", "4",
+		"--cpuprofile-nats", natsProf, "--json", out)
 	require.Equal(t, 0, r.code, r.stderr+r.stdout)
+	prof, err := os.Stat(natsProf)
+	require.NoError(t, err, "the NATS process wrote its CPU profile")
+	require.Positive(t, prof.Size())
 	var rep latencyReport
 	readBenchJSON(t, out, &rep)
 	require.Len(t, rep.Phases, 2, "the rate twice: the bridge alone, then with filesync")
